@@ -1,0 +1,1 @@
+"""The deployable processes: api, worker, scheduler, notifier (and `jobqueue dev`)."""

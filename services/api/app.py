@@ -1,0 +1,42 @@
+"""The API app factory: a lifespan that opens MongoDB and Redis, one router per resource,
+one place that turns errors into JSON."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from services.api.deps import ApiContext
+from services.api.errors import install_error_handlers
+from services.api.limits import BodySizeLimit
+from services.api.routes import health, jobs
+from services.api.submit import Submitter
+from services.runtime import open_stores
+from shared.jobtypes import load_handler_modules
+from shared.settings import Settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        registry = load_handler_modules(settings.handler_modules)
+        stores = await open_stores(settings)
+        submitter = Submitter(settings, stores.jobs, stores.queue, stores.clock, registry)
+        app.state.context = ApiContext(settings, stores, registry, submitter)
+        try:
+            yield
+        finally:
+            await submitter.close()
+            await stores.close()
+
+    app = FastAPI(title="jobqueue", version="0.1.0", lifespan=lifespan,
+                  description="Submit background jobs, follow their status, get webhooks.")
+    install_error_handlers(app)
+    app.include_router(jobs.router)
+    app.include_router(health.router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,112 @@
+"""Request and response shapes of the HTTP API (camelCase), separate from the stored
+document (snake_case, shared.models)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from shared.models import Artifact, ErrorInfo, HistoryEntry
+from shared.status import JobStatus, Priority
+
+
+class Camel(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+
+class SubmitRequest(Camel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    job_type: str = Field(min_length=1, max_length=100)
+    payload: dict[str, Any] = Field(default_factory=dict)
+    callback_url: str | None = Field(None, max_length=2048)
+    callback_events: list[str] | None = None
+    max_retries: int | None = Field(None, ge=0, le=100)
+    priority: Priority = Priority.DEFAULT
+    delay_seconds: float | None = Field(None, ge=0, le=366 * 86400)
+    run_at: datetime | None = None
+    timeout_seconds: float | None = Field(None, gt=0, le=7 * 86400)
+    idempotency_key: str | None = Field(None, min_length=1, max_length=255)
+
+    @model_validator(mode="after")
+    def _one_delay(self) -> SubmitRequest:
+        if self.delay_seconds is not None and self.run_at is not None:
+            raise ValueError("give delaySeconds or runAt, not both")
+        return self
+
+
+class BatchSubmitRequest(Camel):
+    jobs: list[SubmitRequest] = Field(min_length=1, max_length=1000)
+
+
+class SubmitResponse(Camel):
+    job_id: str
+    status: JobStatus
+
+
+class BatchSubmitResponse(Camel):
+    jobs: list[SubmitResponse]
+
+
+class JobStatusResponse(Camel):
+    """The seed's status shape (jobId, status, retries, createdAt, updatedAt) plus more."""
+
+    job_id: str
+    status: JobStatus
+    retries: int
+    created_at: datetime
+    updated_at: datetime
+    job_type: str
+    attempt: int
+    max_retries: int
+    run_at: datetime | None = None
+    error: ErrorInfo | None = None
+
+
+class JobSummary(Camel):
+    job_id: str
+    job_type: str
+    status: JobStatus
+    priority: Priority
+    retries: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class JobPublic(Camel):
+    job_id: str
+    job_type: str
+    payload: dict[str, Any]
+    status: JobStatus
+    priority: Priority
+    retries: int
+    max_retries: int
+    attempt: int
+    run_at: datetime | None = None
+    timeout_seconds: float
+    callback_url: str | None = None
+    callback_events: list[str] | None = None
+    idempotency_key: str | None = None
+    result: Any = None
+    error: ErrorInfo | None = None
+    history: list[HistoryEntry]
+    artifacts: list[Artifact] = Field(default_factory=list)
+    cancel_requested: bool = False
+    worker_id: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class JobPage(Camel):
+    jobs: list[JobSummary]
+    next_cursor: str | None = None
+
+
+def from_doc(model: type[Camel], doc: dict[str, Any]) -> Any:
+    """Build a response model from a stored document."""
+    return model.model_validate({**doc, "job_id": doc["_id"]})

@@ -1,0 +1,30 @@
+"""``jobqueue``: one command for every process."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "api": "services.api.__main__",
+    "worker": "services.worker.__main__",
+    "scheduler": "services.scheduler.__main__",
+    "dev": "services.dev.__main__",
+}
+USAGE = """usage: jobqueue <command> [options]
+
+commands:
+  dev         the whole system in one process tree (embedded Redis/MongoDB if unset)
+  api         the HTTP API            (--host, --port)
+  worker      run jobs                (--concurrency N, --burst)
+  scheduler   delayed jobs, crash recovery, reconciliation
+
+Configuration comes from JOBQUEUE_* environment variables (see README)."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        print(USAGE, file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
+        sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
+    importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])

@@ -1,0 +1,60 @@
+"""What every service process does at start: settings, logging, stores, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo import AsyncMongoClient
+from redis.asyncio import Redis
+
+from shared.clock import RedisClock
+from shared.keys import Keys
+from shared.logs import setup_logging
+from shared.models import Job
+from shared.queue import RedisQueue
+from shared.settings import Settings
+from shared.stores import open_mongo, open_redis
+
+
+@dataclass
+class Stores:
+    mongo: AsyncMongoClient[dict[str, Any]]
+    redis: Redis
+    queue: RedisQueue
+    clock: RedisClock
+
+    @property
+    def jobs(self) -> Any:
+        return Job.get_pymongo_collection()
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+        await self.mongo.close()
+
+
+async def open_stores(settings: Settings) -> Stores:
+    mongo = await open_mongo(settings)
+    redis = open_redis(settings)
+    queue = RedisQueue(redis, Keys(settings.redis_prefix, settings.queue_name))
+    clock = RedisClock()
+    await clock.sync(redis)
+    await queue.ensure_groups()
+    return Stores(mongo=mongo, redis=redis, queue=queue, clock=clock)
+
+
+def start_service(name: str) -> Settings:
+    settings = Settings()
+    settings.require_stores()
+    setup_logging(name, settings.log_dir, settings.log_level)
+    return settings
+
+
+def on_stop_signals(stop: Callable[[], None]) -> None:
+    """Call ``stop`` on SIGTERM or SIGINT (Ctrl-C)."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)

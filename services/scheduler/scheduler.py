@@ -1,0 +1,136 @@
+"""The scheduler: promotes due delayed jobs, reclaims the entries of dead workers, and
+rebuilds in Redis whatever Redis lost, from MongoDB (the source of truth).
+
+Any number may run; one leads at a time through a lease lock in Redis, and only the
+leader acts. Promotion is also safe without the lock: a due member moves to a stream
+only if this caller removed it from the delayed set.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from pymongo.asynchronous.collection import AsyncCollection
+
+from shared import transitions
+from shared.clock import RedisClock, to_ms
+from shared.logs import get_log
+from shared.models import ErrorInfo
+from shared.queue import Enqueue, RedisQueue, Settle, member_job_id
+from shared.settings import Settings
+from shared.status import JobStatus, Priority
+
+log = get_log(__name__)
+PROMOTE_BATCH = 500
+RECLAIM_BATCH = 100
+RECONCILE_BATCH = 5000
+
+
+@dataclass
+class Scheduler:
+    settings: Settings
+    jobs: AsyncCollection[dict[str, Any]]
+    queue: RedisQueue
+    clock: RedisClock
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    is_leader: bool = False
+
+    async def lead(self) -> bool:
+        """Acquire or renew the lease; every other step runs only while it is held."""
+        was = self.is_leader
+        self.is_leader = await self.queue.hold_leadership(
+            self.token, int(self.settings.leader_ttl_seconds * 1000))
+        if self.is_leader != was:
+            log.info("scheduler.leadership", leader=self.is_leader, token=self.token)
+        return self.is_leader
+
+    async def promote_due(self) -> int:
+        """SCHEDULED -> QUEUED in MongoDB first, then the atomic move in Redis."""
+        if not self.is_leader:
+            return 0
+        members = await self.queue.due(await self.queue.now_ms(), PROMOTE_BATCH)
+        if not members:
+            return 0
+        ids = [member_job_id(m) for m in members]
+        docs = {d["_id"]: d async for d in self.jobs.find({"_id": {"$in": ids}})}
+        now = self.clock.now()
+        plans = [transitions.requeue(d, now) for d in docs.values()
+                 if d["status"] == JobStatus.SCHEDULED]
+        applied = await transitions.apply(self.jobs, plans)
+        queued = {t.job_id for t in applied} | {
+            i for i, d in docs.items() if d["status"] == JobStatus.QUEUED}
+        to_move = [m for m in members if member_job_id(m) in queued]
+        # Members whose job is gone, finished or running have nothing left to wait for.
+        stale = [m for m in members
+                 if docs.get(member_job_id(m), {}).get("status") != JobStatus.SCHEDULED
+                 and member_job_id(m) not in queued]
+        moved = await self.queue.promote(to_move)
+        await self.queue.drop_scheduled(stale)
+        await self.queue.publish(t.event.to_json() for t in applied)
+        if moved:
+            log.info("scheduler.promoted", jobs=moved)
+        return moved
+
+    async def reclaim(self) -> int:
+        """Requeue entries idle past the visibility timeout (their worker died); FAIL the
+        jobs whose entry has killed max_deliveries workers (poison pills)."""
+        if not self.is_leader:
+            return 0
+        requeued, poison = await self.queue.reclaim(
+            int(self.settings.visibility_timeout_seconds * 1000), RECLAIM_BATCH,
+            self.settings.max_deliveries)
+        if requeued:
+            log.warning("scheduler.reclaimed", entries=requeued)
+        if poison:
+            await self._fail_poison(poison)
+        return requeued + len(poison)
+
+    async def _fail_poison(self, poison: list[Any]) -> None:
+        docs = {d["_id"]: d async for d in
+                self.jobs.find({"_id": {"$in": [p.job_id for p in poison]}})}
+        now = self.clock.now()
+        error = ErrorInfo(
+            type="PoisonPill",
+            message=f"delivered {self.settings.max_deliveries} times and every run died "
+                    "before recording an outcome (worker crashed or was killed)")
+        plans = [transitions.fail(d, error, now) for d in docs.values()
+                 if d["status"] in (JobStatus.QUEUED, JobStatus.PROCESSING)]
+        applied = await transitions.apply(self.jobs, plans)
+        for t in applied:
+            log.error("job.poison_pill", jobId=t.job_id, deliveries=self.settings.max_deliveries)
+        await self.queue.settle([Settle(p) for p in poison],
+                                [t.event.to_json() for t in applied])
+
+    async def reconcile(self) -> int:
+        """Put back what Redis lost (restart without persistence, FLUSHALL, an enqueue
+        that failed after the insert): MongoDB says what must be waiting."""
+        if not self.is_leader:
+            return 0
+        await self.queue.ensure_groups()
+        now = self.clock.now()
+        cutoff = now - timedelta(seconds=self.settings.reconcile_grace_seconds)
+        stale_run = now - timedelta(seconds=self.settings.visibility_timeout_seconds * 2)
+        projection = {"_id": 1, "priority": 1, "run_at": 1, "claim": 1}
+        waiting = {status: await self.jobs.find(
+            {"status": status.value, "updated_at": {"$lt": before}}, projection
+        ).sort("updated_at", 1).limit(RECONCILE_BATCH).to_list()
+            for status, before in ((JobStatus.QUEUED, cutoff), (JobStatus.SCHEDULED, cutoff),
+                                   (JobStatus.PROCESSING, stale_run))}
+        ready = waiting[JobStatus.QUEUED] + waiting[JobStatus.PROCESSING]
+        delayed = waiting[JobStatus.SCHEDULED]
+        lost_ready, lost_delayed = await self.queue.missing(
+            [d["_id"] for d in ready], [(d["_id"], Priority(d["priority"])) for d in delayed])
+        lost = set(lost_ready) | set(lost_delayed)
+        work = [Enqueue(d["_id"], Priority(d["priority"]), prev=d.get("claim"))
+                for d in ready if d["_id"] in lost]
+        work += [Enqueue(d["_id"], Priority(d["priority"]),
+                         run_at_ms=to_ms(d["run_at"]) if d.get("run_at") else 0)
+                 for d in delayed if d["_id"] in lost]
+        if work:
+            await self.queue.enqueue(work)
+            log.warning("scheduler.reconciled", restored=len(work),
+                        jobIds=[w.job_id for w in work[:20]])
+        return len(work)

@@ -1,0 +1,1 @@
+"""The built-in job types. Importing this package registers them."""

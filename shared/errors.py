@@ -1,0 +1,96 @@
+"""Every exception jobqueue raises on purpose, under one base class.
+
+    JobQueueError
+    ├── HandlerOutcome            raised by job handlers to steer retries
+    │   ├── PermanentError        fail now, do not retry
+    │   └── Retry                 retry after a chosen delay
+    ├── JobTimeout                a run exceeded its timeoutSeconds
+    ├── LostClaim                 a worker's write was fenced out (another run owns the job)
+    └── ApiError                  maps to an HTTP error response {"error": {code, message, details}}
+        ├── InvalidInput          422, field-level details
+        ├── NotFound              404
+        ├── Conflict              409 (illegal transition, idempotency key reused)
+        ├── PayloadTooLarge       413
+        └── StoreUnavailable      503 (MongoDB or Redis unreachable)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class JobQueueError(Exception):
+    """Base class of every jobqueue error."""
+
+
+class HandlerOutcome(JobQueueError):
+    """Raised by a handler to say how its failure must be treated."""
+
+
+class PermanentError(HandlerOutcome):
+    """The job cannot succeed by trying again: it is FAILED at once."""
+
+
+class Retry(HandlerOutcome):
+    """Try again after ``delay`` seconds (still bounded by maxRetries)."""
+
+    def __init__(self, message: str = "retry requested", *, delay: float | None = None):
+        super().__init__(message)
+        self.delay = delay
+
+
+class JobTimeout(JobQueueError):
+    """The handler ran longer than the job's timeoutSeconds and was cancelled."""
+
+
+class LostClaim(JobQueueError):
+    """A conditional update found the job no longer in the state this writer expected."""
+
+
+class ApiError(JobQueueError):
+    """An error with an HTTP status, a stable code, a message and optional details."""
+
+    status_code = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, details: Any = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.details = details
+        if code:
+            self.code = code
+
+
+class InvalidInput(ApiError):
+    """The request is well-formed JSON but a field is wrong."""
+
+    status_code = 422
+    code = "invalid_input"
+
+
+class NotFound(ApiError):
+    """No such job (or artifact, or delivery)."""
+
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(ApiError):
+    """The request contradicts the job's current state or an earlier request."""
+
+    status_code = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(ApiError):
+    """The request body exceeds JOBQUEUE_MAX_BODY_BYTES."""
+
+    status_code = 413
+    code = "payload_too_large"
+
+
+class StoreUnavailable(ApiError):
+    """MongoDB or Redis did not answer in time; nothing was stored."""
+
+    status_code = 503
+    code = "store_unavailable"

@@ -1,0 +1,11 @@
+"""Random, unguessable identifiers (never counters: ids appear in URLs)."""
+
+import uuid
+
+
+def new_job_id() -> str:
+    return f"job_{uuid.uuid4().hex}"
+
+
+def new_event_id() -> str:
+    return f"evt_{uuid.uuid4().hex}"

@@ -1,0 +1,101 @@
+"""Structured logs: one JSON object per line, to stdout and ``<log_dir>/<service>.log``.
+
+Ids that apply to everything a task logs (jobId, jobType, attempt, workerId) are bound
+once in a context variable with :func:`bound` and added to every line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import logging
+import logging.handlers
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+_context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("log_context",
+                                                                         default={})
+_service = "jobqueue"
+
+
+@contextlib.contextmanager
+def bound(**fields: Any) -> Iterator[None]:
+    """Add fields to every log line written in this context (task) until exit."""
+    token = _context.set({**_context.get(), **fields})
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "service": _service,
+            "event": record.getMessage(),
+            "logger": record.name,
+        }
+        line.update(_context.get())
+        line.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+class Log:
+    """A thin logger that takes fields as keyword arguments: ``log.info("job.done", ms=3)``."""
+
+    def __init__(self, name: str) -> None:
+        self._logger = logging.getLogger(name)
+
+    def _log(self, level: int, event: str, exc_info: bool, fields: dict[str, Any]) -> None:
+        if self._logger.isEnabledFor(level):
+            self._logger.log(level, event, exc_info=exc_info, extra={"fields": fields})
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._log(logging.DEBUG, event, False, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._log(logging.INFO, event, False, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._log(logging.WARNING, event, False, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._log(logging.ERROR, event, False, fields)
+
+    def exception(self, event: str, **fields: Any) -> None:
+        self._log(logging.ERROR, event, True, fields)
+
+
+def get_log(name: str) -> Log:
+    return Log(name)
+
+
+def setup_logging(service: str, log_dir: Path, level: str = "INFO") -> None:
+    """Send every record, ours and our libraries', as JSON lines to stdout and a rotated
+    file named after the service."""
+    global _service
+    _service = service
+    formatter = JsonFormatter()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    file_handler = logging.handlers.RotatingFileHandler(
+        log_dir / f"{service}.log", maxBytes=20 * 1024 * 1024, backupCount=5, encoding="utf-8")
+    stream_handler = logging.StreamHandler(sys.stdout)
+    root = logging.getLogger()
+    root.handlers.clear()
+    for handler in (file_handler, stream_handler):
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+    root.setLevel(level.upper())
+    for noisy in ("pymongo", "httpx", "httpcore", "apscheduler", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True

@@ -1,0 +1,99 @@
+"""The job document (``jobs`` collection) and the shapes stored inside it.
+
+Stored field names are snake_case; the API presents them in camelCase. Hot paths read
+and write through the raw PyMongo collection (``Job.get_pymongo_collection()``) with
+the field names below; Beanie owns the schema and the indexes.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import pymongo
+from beanie import Document
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+from pymongo import IndexModel
+
+from shared.events import Event
+from shared.ids import new_job_id
+from shared.status import JobStatus, Priority
+
+
+class Stored(BaseModel):
+    """Shapes embedded in the job: stored snake_case, shown camelCase by the API."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+
+class ErrorInfo(Stored):
+    type: str
+    message: str
+    traceback: str | None = None
+
+
+class HistoryEntry(Stored):
+    status: JobStatus
+    at: datetime
+    attempt: int
+    event_id: str
+    worker_id: str | None = None
+    error: ErrorInfo | None = None
+
+
+class Artifact(Stored):
+    name: str
+    content_type: str
+    size: int
+
+
+class Job(Document):
+    id: str = Field(default_factory=new_job_id)  # type: ignore[assignment]
+    job_type: str
+    payload: dict[str, Any]
+    status: JobStatus
+    priority: Priority = Priority.DEFAULT
+    retries: int = 0
+    max_retries: int
+    attempt: int = 0
+    """Runs started so far; also the fence a worker's writes are checked against."""
+    seq: int = 0
+    """Events so far; every transition filters on it (optimistic concurrency)."""
+    run_at: datetime | None = None
+    timeout_seconds: float
+    callback_url: str | None = None
+    callback_events: list[str] | None = None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    result: Any = None
+    error: ErrorInfo | None = None
+    history: list[HistoryEntry] = Field(default_factory=list)
+    outbox: list[Event] = Field(default_factory=list)
+    claim: str | None = None
+    """Stream entry id of the run that owns the job while it is PROCESSING."""
+    cancel_requested: bool = False
+    artifacts: list[Artifact] = Field(default_factory=list)
+    worker_id: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    class Settings:
+        name = "jobs"
+        use_revision = False
+        indexes = [
+            IndexModel([("idempotency_key", pymongo.ASCENDING)], unique=True, sparse=True,
+                       name="idempotency_key_unique"),
+            # The reconciler: QUEUED/SCHEDULED/PROCESSING jobs older than a grace period.
+            IndexModel([("status", pymongo.ASCENDING), ("updated_at", pymongo.ASCENDING)],
+                       name="status_updated"),
+            # GET /jobs, newest first, optionally by status and/or type.
+            IndexModel([("created_at", pymongo.DESCENDING), ("_id", pymongo.DESCENDING)],
+                       name="created"),
+            IndexModel([("status", pymongo.ASCENDING), ("created_at", pymongo.DESCENDING),
+                        ("_id", pymongo.DESCENDING)], name="status_created"),
+            IndexModel([("job_type", pymongo.ASCENDING), ("created_at", pymongo.DESCENDING),
+                        ("_id", pymongo.DESCENDING)], name="type_created"),
+        ]

@@ -1,0 +1,84 @@
+"""One settings object, read from ``JOBQUEUE_*`` environment variables and validated at
+start-up. Services receive it in their constructors; nothing else reads the environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+CommaList = Annotated[list[str], NoDecode]
+SecondsList = Annotated[list[float], NoDecode]
+
+
+def _split_commas(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="JOBQUEUE_", extra="ignore")
+
+    # Backing stores. `jobqueue dev` fills these in with embedded servers when unset.
+    redis_url: str | None = None
+    mongodb_url: str | None = None
+    mongodb_database: str = "jobqueue"
+    mongodb_timeout_seconds: float = Field(3.0, gt=0)
+    redis_prefix: str = "jq"
+    queue_name: str = "default"
+
+    handler_modules: CommaList = ["services.worker.handlers"]
+    log_dir: Path = Path("logs")
+    log_level: str = "INFO"
+
+    # API
+    max_body_bytes: int = Field(1024 * 1024, gt=0)
+    submit_batch_window_ms: float = Field(2.0, ge=0)
+    submit_batch_max: int = Field(500, gt=0)
+
+    # Jobs and workers
+    concurrency: int = Field(10, gt=0)
+    default_timeout_seconds: float = Field(300.0, gt=0)
+    default_max_retries: int = Field(3, ge=0)
+    retry_base_seconds: float = Field(1.0, gt=0)
+    retry_max_seconds: float = Field(3600.0, gt=0)
+    visibility_timeout_seconds: float = Field(30.0, gt=0)
+    shutdown_grace_seconds: float = Field(25.0, ge=0)
+    max_deliveries: int = Field(5, gt=0)
+
+    # Scheduler
+    promote_interval_seconds: float = Field(0.1, gt=0)
+    reclaim_interval_seconds: float = Field(2.0, gt=0)
+    reconcile_interval_seconds: float = Field(10.0, gt=0)
+    reconcile_grace_seconds: float = Field(5.0, ge=0)
+    leader_ttl_seconds: float = Field(5.0, gt=0)
+
+    # Webhooks
+    webhook_secret: str | None = None
+    webhook_timeout_seconds: float = Field(15.0, gt=0)
+    webhook_retry_schedule: SecondsList = [5, 300, 1800, 7200, 18000, 36000, 36000]
+    webhook_allowed_hosts: CommaList = []
+    webhook_sweep_interval_seconds: float = Field(5.0, gt=0)
+
+    _split = field_validator(
+        "handler_modules", "webhook_retry_schedule", "webhook_allowed_hosts", mode="before"
+    )(_split_commas)
+
+    def require_stores(self) -> tuple[str, str]:
+        """The Redis and MongoDB URLs, or a clear start-up error when either is unset."""
+        missing = [
+            name
+            for name, value in (("JOBQUEUE_REDIS_URL", self.redis_url),
+                                ("JOBQUEUE_MONGODB_URL", self.mongodb_url))
+            if not value
+        ]
+        if missing:
+            raise SystemExit(
+                f"{' and '.join(missing)} not set: point them at your servers, "
+                "or run `jobqueue dev` to start embedded ones."
+            )
+        assert self.redis_url and self.mongodb_url
+        return self.redis_url, self.mongodb_url

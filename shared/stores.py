@@ -1,0 +1,41 @@
+"""Opening the backing stores: MongoDB (through Beanie) and Redis."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from beanie import init_beanie
+from pymongo import AsyncMongoClient
+from redis.asyncio import Redis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry as RedisRetry
+
+from shared.models import Job
+from shared.settings import Settings
+
+MONGO_MODELS: list[Any] = [Job]
+
+
+async def open_mongo(settings: Settings) -> AsyncMongoClient[dict[str, Any]]:
+    """Connect and initialise Beanie (creating missing indexes)."""
+    _, url = settings.require_stores()
+    timeout_ms = int(settings.mongodb_timeout_seconds * 1000)
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        url, tz_aware=True, serverSelectionTimeoutMS=timeout_ms,
+        connectTimeoutMS=timeout_ms, socketTimeoutMS=max(timeout_ms * 5, 15_000),
+        appname="jobqueue")
+    await init_beanie(database=client[settings.mongodb_database],
+                      document_models=MONGO_MODELS)
+    return client
+
+
+def open_redis(settings: Settings) -> Redis:
+    """A pooled client that retries dropped connections with backoff by itself."""
+    url, _ = settings.require_stores()
+    return Redis.from_url(
+        url, decode_responses=True, health_check_interval=15, socket_connect_timeout=3,
+        socket_keepalive=True,
+        retry=RedisRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=5),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError])

@@ -1,0 +1,247 @@
+"""The only place a job's status changes.
+
+Each transition is one conditional MongoDB update whose filter names the status and the
+``seq`` the writer last saw. ``seq`` grows by one with every event, so a duplicate
+delivery, a late worker that lost its claim, or two racing writers can never move a job
+backwards or finish it twice: the second writer's filter simply matches nothing.
+The same update appends the status event to the history and (when the job has a
+callback URL that wants it) to the webhook outbox.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pymongo import UpdateOne
+from pymongo.asynchronous.collection import AsyncCollection
+
+from shared.errors import Conflict, NotFound
+from shared.events import Event, event_type
+from shared.ids import new_event_id
+from shared.models import ErrorInfo
+from shared.status import JobStatus
+
+S = JobStatus
+ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
+    S.QUEUED: frozenset({S.PROCESSING, S.CANCELLED, S.FAILED}),
+    S.SCHEDULED: frozenset({S.QUEUED, S.CANCELLED}),
+    S.PROCESSING: frozenset({S.COMPLETED, S.SCHEDULED, S.FAILED, S.CANCELLED}),
+    S.COMPLETED: frozenset(),
+    S.FAILED: frozenset({S.QUEUED}),
+    S.CANCELLED: frozenset({S.QUEUED}),
+}
+# NOTE: QUEUED -> FAILED exists only for poison pills whose worker died before it could
+# even mark the job PROCESSING.
+
+Doc = dict[str, Any]
+
+
+@dataclass
+class Transition:
+    """One planned status change: a filter, an update, and the event it records."""
+
+    job_id: str
+    expected_status: JobStatus
+    expected_seq: int
+    event: Event
+    changes: dict[str, Any] = field(default_factory=dict)
+    increments: dict[str, int] = field(default_factory=dict)
+    history: dict[str, Any] = field(default_factory=dict)
+    to_outbox: bool = False
+
+    @property
+    def filter(self) -> Doc:
+        return {"_id": self.job_id, "status": self.expected_status.value,
+                "seq": self.expected_seq}
+
+    @property
+    def update(self) -> Doc:
+        push: Doc = {"history": self.history}
+        if self.to_outbox:
+            push["outbox"] = self.event.model_dump()
+        update: Doc = {
+            "$set": {**self.changes, "status": self.event.status.value,
+                     "seq": self.event.seq, "updated_at": self.event.at},
+            "$push": push,
+        }
+        if self.increments:
+            update["$inc"] = self.increments
+        return update
+
+
+def wants_webhook(doc: Doc, status: JobStatus) -> bool:
+    if not doc.get("callback_url"):
+        return False
+    wanted = doc.get("callback_events")
+    return not wanted or event_type(status) in wanted
+
+
+def _plan(doc: Doc, to: JobStatus, now: datetime, *, attempt: int | None = None,
+          changes: Doc | None = None, increments: dict[str, int] | None = None,
+          data: Doc | None = None, error: ErrorInfo | None = None,
+          worker_id: str | None = None) -> Transition:
+    current = JobStatus(doc["status"])
+    if to not in ALLOWED[current]:
+        raise Conflict(f"a {current.value} job cannot become {to.value}",
+                       code="illegal_transition",
+                       details={"status": current.value, "requested": to.value})
+    attempt = doc.get("attempt", 0) if attempt is None else attempt
+    event = Event(id=new_event_id(), type=event_type(to), job_id=doc["_id"], status=to,
+                  attempt=attempt, seq=doc.get("seq", 0) + 1, at=now, data=data or {})
+    history: Doc = {"status": to.value, "at": now, "attempt": attempt, "event_id": event.id,
+                    "worker_id": worker_id}
+    if error is not None:
+        history["error"] = error.model_dump()
+    return Transition(job_id=doc["_id"], expected_status=current,
+                      expected_seq=doc.get("seq", 0), event=event,
+                      changes=changes or {}, increments=increments or {}, history=history,
+                      to_outbox=wants_webhook(doc, to))
+
+
+def new_job(fields: Doc, now: datetime) -> tuple[Doc, Event]:
+    """The document to insert for a submitted job, with its first event already in it.
+
+    ``fields`` holds the submission (``_id``, job_type, payload, priority, run_at, …);
+    a ``run_at`` in the future makes the job SCHEDULED, otherwise it is QUEUED.
+    """
+    run_at = fields.get("run_at")
+    status = S.SCHEDULED if run_at is not None and run_at > now else S.QUEUED
+    doc: Doc = {**fields, "status": status.value, "retries": 0, "attempt": 0, "seq": 0,
+                "history": [], "outbox": [], "result": None, "error": None, "claim": None,
+                "cancel_requested": False, "artifacts": [], "worker_id": None,
+                "created_at": now, "updated_at": now, "started_at": None,
+                "finished_at": None}
+    if status is S.QUEUED:
+        doc["run_at"] = None
+    data = {"runAt": run_at.isoformat()} if status is S.SCHEDULED and run_at else {}
+    event = Event(id=new_event_id(), type=event_type(status), job_id=doc["_id"],
+                  status=status, attempt=0, seq=1, at=now, data=data)
+    doc["seq"] = 1
+    doc["history"] = [{"status": status.value, "at": now, "attempt": 0,
+                       "event_id": event.id, "worker_id": None}]
+    if wants_webhook(doc, status):
+        doc["outbox"] = [event.model_dump()]
+    return doc, event
+
+
+def claim(doc: Doc, *, entry_id: str, worker_id: str, now: datetime) -> Transition:
+    """QUEUED -> PROCESSING for the run delivered as stream entry ``entry_id``.
+
+    A PROCESSING job is claimed again only by a redelivery of its own entry (the
+    reclaimer re-adds a dead worker's entry and names the old id; see queue.Delivery).
+    """
+    attempt = doc.get("attempt", 0) + 1
+    t = _plan(doc, S.PROCESSING, now, attempt=attempt, worker_id=worker_id,
+              changes={"claim": entry_id, "worker_id": worker_id, "started_at": now,
+                       "attempt": attempt})
+    return t
+
+
+def takeover(doc: Doc, *, entry_id: str, worker_id: str, now: datetime) -> Transition:
+    """A redelivered run of a PROCESSING job whose worker died: same status, new claim."""
+    attempt = doc.get("attempt", 0) + 1
+    event = Event(id=new_event_id(), type=event_type(S.PROCESSING), job_id=doc["_id"],
+                  status=S.PROCESSING, attempt=attempt, seq=doc.get("seq", 0) + 1, at=now,
+                  data={"redelivered": True})
+    history = {"status": S.PROCESSING.value, "at": now, "attempt": attempt,
+               "event_id": event.id, "worker_id": worker_id}
+    return Transition(job_id=doc["_id"], expected_status=S.PROCESSING,
+                      expected_seq=doc.get("seq", 0), event=event,
+                      changes={"claim": entry_id, "worker_id": worker_id, "started_at": now,
+                               "attempt": attempt},
+                      history=history, to_outbox=wants_webhook(doc, S.PROCESSING))
+
+
+def complete(doc: Doc, result: Any, now: datetime, *, worker_id: str | None = None,
+             extra: Doc | None = None) -> Transition:
+    return _plan(doc, S.COMPLETED, now, worker_id=worker_id, data={"result": result},
+                 changes={"result": result, "error": None, "finished_at": now,
+                          "claim": None, **(extra or {})})
+
+
+def fail(doc: Doc, error: ErrorInfo, now: datetime, *,
+         worker_id: str | None = None) -> Transition:
+    return _plan(doc, S.FAILED, now, worker_id=worker_id, error=error,
+                 data={"error": error.model_dump(exclude={"traceback"})},
+                 changes={"error": error.model_dump(), "finished_at": now, "claim": None})
+
+
+def retry_later(doc: Doc, error: ErrorInfo, run_at: datetime, now: datetime, *,
+                worker_id: str | None = None) -> Transition:
+    """PROCESSING -> SCHEDULED: the attempt failed and waits out its backoff."""
+    return _plan(doc, S.SCHEDULED, now, worker_id=worker_id, error=error,
+                 data={"runAt": run_at.isoformat(),
+                       "error": error.model_dump(exclude={"traceback"})},
+                 changes={"run_at": run_at, "error": error.model_dump(), "claim": None},
+                 increments={"retries": 1})
+
+
+def cancel(doc: Doc, now: datetime, *, worker_id: str | None = None) -> Transition:
+    return _plan(doc, S.CANCELLED, now, worker_id=worker_id,
+                 changes={"finished_at": now, "claim": None, "cancel_requested": False})
+
+
+def requeue(doc: Doc, now: datetime) -> Transition:
+    """SCHEDULED -> QUEUED (its time has come), or FAILED/CANCELLED -> QUEUED (manual
+    retry, which grants the job a fresh set of retries)."""
+    changes: Doc = {"run_at": None}
+    if JobStatus(doc["status"]) in (S.FAILED, S.CANCELLED):
+        changes.update({"retries": 0, "error": None, "result": None, "finished_at": None})
+    return _plan(doc, S.QUEUED, now, changes=changes)
+
+
+async def apply(jobs: AsyncCollection[Doc], transitions: list[Transition]) -> list[Transition]:
+    """Apply transitions in one round trip; return those that matched.
+
+    A transition that matched nothing lost a race (the job moved on) and is dropped.
+    """
+    if not transitions:
+        return []
+    if len(transitions) == 1:
+        t = transitions[0]
+        result = await jobs.update_one(t.filter, t.update)
+        return transitions if result.matched_count else []
+    bulk = await jobs.bulk_write([UpdateOne(t.filter, t.update) for t in transitions],
+                                 ordered=False)
+    if bulk.matched_count == len(transitions):
+        return transitions
+    # NOTE: bulk results only count matches; the event ids say which ones applied.
+    applied_ids = {
+        doc["_id"]
+        async for doc in jobs.find(
+            {"_id": {"$in": [t.job_id for t in transitions]},
+             "history.event_id": {"$in": [t.event.id for t in transitions]}},
+            {"_id": 1})
+    }
+    return [t for t in transitions if t.job_id in applied_ids]
+
+
+def advanced(doc: Doc, t: Transition) -> Doc:
+    """The document as it is after ``t`` applied (for the writer's next transition)."""
+    new = {**doc, **t.changes, "status": t.event.status.value, "seq": t.event.seq,
+           "updated_at": t.event.at}
+    for name, step in t.increments.items():
+        new[name] = new.get(name, 0) + step
+    return new
+
+
+async def change(jobs: AsyncCollection[Doc], job_id: str,
+                 planner: Callable[[Doc], Transition | None],
+                 attempts: int = 5) -> tuple[Doc, Transition | None]:
+    """Read a job, plan a transition from what it is now, apply it; re-read and re-plan
+    if another writer got there first. ``planner`` may return None (nothing to change)
+    or raise Conflict."""
+    for _ in range(attempts):
+        doc = await jobs.find_one({"_id": job_id})
+        if doc is None:
+            raise NotFound(f"no job {job_id!r}", details={"jobId": job_id})
+        t = planner(doc)
+        if t is None:
+            return doc, None
+        if await apply(jobs, [t]):
+            return advanced(doc, t), t
+    raise Conflict("the job kept changing while this request ran; try again",
+                   code="concurrent_change")
