@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pymongo import AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
 from redis.asyncio import Redis
 
 from shared.clock import RedisClock
@@ -26,10 +27,7 @@ class Stores:
     redis: Redis
     queue: RedisQueue
     clock: RedisClock
-
-    @property
-    def jobs(self) -> Any:
-        return Job.get_pymongo_collection()
+    jobs: AsyncCollection[dict[str, Any]]
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -43,7 +41,8 @@ async def open_stores(settings: Settings) -> Stores:
     clock = RedisClock()
     await clock.sync(redis)
     await queue.ensure_groups()
-    return Stores(mongo=mongo, redis=redis, queue=queue, clock=clock)
+    jobs = mongo[settings.mongodb_database][Job.Settings.name]
+    return Stores(mongo=mongo, redis=redis, queue=queue, clock=clock, jobs=jobs)
 
 
 def start_service(name: str) -> Settings:

@@ -71,6 +71,7 @@ class RedisQueue:
         self.redis = redis
         self.keys = keys
         self._stream_priority = {keys.stream(p): p for p in PRIORITIES_IN_READ_ORDER}
+        self._read = _script(redis, "read")
         self._promote = _script(redis, "promote")
         self._reclaim = _script(redis, "reclaim")
         self._leader = _script(redis, "leader")
@@ -120,29 +121,33 @@ class RedisQueue:
     # -- workers --------------------------------------------------------------------------
 
     async def read(self, consumer: str, count: int, block_ms: int | None) -> list[Delivery]:
-        """Up to ``count`` new entries per stream, high priority first.
+        """Up to ``count`` new entries, strictly high priority first, in one round trip.
 
-        One XREADGROUP covers the three streams, so a busy worker pays one round trip;
-        it may return up to ``count`` from each stream and the caller keeps the surplus.
+        When all streams are empty and ``block_ms`` is set, wait that long for new
+        entries; that wait may return a few from each stream (callers order them).
         """
-        streams = {stream: ">" for stream in self.keys.streams()}
         try:
-            reply = await self.redis.xreadgroup(CONSUMER_GROUP, consumer, streams,
-                                                count=count, block=block_ms)
+            rows = await self._read(keys=self.keys.streams(),
+                                    args=[CONSUMER_GROUP, consumer, count])
+            if not rows and block_ms is not None:
+                reply = await self.redis.xreadgroup(
+                    CONSUMER_GROUP, consumer, dict.fromkeys(self.keys.streams(), ">"),
+                    count=count, block=block_ms)
+                rows = [[stream, entry_id, [x for kv in fields.items() for x in kv]]
+                        for stream, entries in reply or [] for entry_id, fields in entries]
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
             await self.ensure_groups()
             return []
-        deliveries: list[Delivery] = []
-        for stream, entries in sorted(reply or [], key=lambda r: self.keys.streams().index(r[0])):
-            priority = self._stream_priority[stream]
-            for entry_id, fields in entries:
-                deliveries.append(Delivery(entry_id=entry_id, priority=priority,
-                                           job_id=fields["job"],
-                                           deliveries=int(fields.get("n", 1)),
-                                           prev=fields.get("prev")))
-        return deliveries
+        deliveries = []
+        for stream, entry_id, flat in rows:
+            fields = dict(zip(flat[::2], flat[1::2], strict=True))
+            deliveries.append(Delivery(entry_id=entry_id,
+                                       priority=self._stream_priority[stream],
+                                       job_id=fields["job"], deliveries=int(fields.get("n", 1)),
+                                       prev=fields.get("prev")))
+        return sorted(deliveries, key=lambda d: PRIORITIES_IN_READ_ORDER.index(d.priority))
 
     async def touch(self, consumer: str, deliveries: Iterable[Delivery]) -> None:
         """Heartbeat: reset the idle time of entries this worker still runs, so the

@@ -208,15 +208,15 @@ async def apply(jobs: AsyncCollection[Doc], transitions: list[Transition]) -> li
                                  ordered=False)
     if bulk.matched_count == len(transitions):
         return transitions
-    # NOTE: bulk results only count matches; the event ids say which ones applied.
-    applied_ids = {
-        doc["_id"]
+    # NOTE: bulk results only count matches; the recorded event ids say which applied.
+    recorded = {
+        entry["event_id"]
         async for doc in jobs.find(
-            {"_id": {"$in": [t.job_id for t in transitions]},
-             "history.event_id": {"$in": [t.event.id for t in transitions]}},
-            {"_id": 1})
+            {"_id": {"$in": list({t.job_id for t in transitions})}},
+            {"history.event_id": 1})
+        for entry in doc.get("history", [])
     }
-    return [t for t in transitions if t.job_id in applied_ids]
+    return [t for t in transitions if t.event.id in recorded]
 
 
 def advanced(doc: Doc, t: Transition) -> Doc:

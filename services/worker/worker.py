@@ -33,7 +33,7 @@ from shared.logs import bound, get_log
 from shared.models import ErrorInfo
 from shared.queue import Delivery, RedisQueue, Settle
 from shared.settings import Settings
-from shared.status import JobStatus
+from shared.status import PRIORITIES_IN_READ_ORDER, JobStatus
 
 log = get_log(__name__)
 TRACEBACK_TAIL_CHARS = 4000
@@ -47,6 +47,10 @@ def error_info(exc: BaseException) -> ErrorInfo:
     tb = "".join(traceback.format_exception(exc))
     return ErrorInfo(type=type(exc).__name__, message=str(exc) or type(exc).__name__,
                      traceback=tb[-TRACEBACK_TAIL_CHARS:])
+
+
+def _rank(delivery: Delivery) -> int:
+    return PRIORITIES_IN_READ_ORDER.index(delivery.priority)
 
 
 @dataclass
@@ -125,7 +129,8 @@ class Worker:
             try:
                 if len(self.backlog) < free:
                     block = None if burst else 1000
-                    self.backlog.extend(await self.queue.read(self.worker_id, free, block))
+                    fresh = await self.queue.read(self.worker_id, free - len(self.backlog), block)
+                    self.backlog = deque(sorted([*self.backlog, *fresh], key=_rank))
                 batch = [self.backlog.popleft() for _ in range(min(free, len(self.backlog)))]
                 if batch:
                     await self._start(batch)

@@ -1,0 +1,80 @@
+"""Real servers for the whole session (embedded ones on free ports, or those named by
+JOBQUEUE_TEST_REDIS_URL / JOBQUEUE_TEST_MONGODB_URL), and per-test isolation."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from services.api.app import create_app
+from services.dev.embedded import EmbeddedServer, start_mongodb, start_redis
+from services.runtime import Stores, open_stores
+from services.worker.worker import Worker
+from shared.jobtypes import load_handler_modules
+from shared.settings import Settings
+from tests.support import isolated_settings
+
+
+@dataclass
+class Servers:
+    redis_url: str
+    mongodb_url: str
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    base = tmp_path_factory.mktemp("servers")
+    started: list[EmbeddedServer] = []
+    redis_url = os.environ.get("JOBQUEUE_TEST_REDIS_URL")
+    mongodb_url = os.environ.get("JOBQUEUE_TEST_MONGODB_URL")
+    try:
+        if not redis_url:
+            started.append(start_redis(base / "redis", persist=False))
+            redis_url = started[-1].url
+        if not mongodb_url:
+            started.append(start_mongodb(base / "mongodb"))
+            mongodb_url = started[-1].url
+        yield Servers(redis_url, mongodb_url)
+    finally:
+        for server in started:
+            server.stop()
+
+
+@pytest.fixture
+def settings(servers: Servers, tmp_path: Path) -> Settings:
+    return isolated_settings(servers.redis_url, servers.mongodb_url, tmp_path / "logs")
+
+
+@pytest.fixture
+async def stores(settings: Settings) -> AsyncIterator[Stores]:
+    opened = await open_stores(settings)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+@pytest.fixture
+async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The API app in-process, over ASGI, with its real lifespan (real stores)."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            yield client
+
+
+@pytest.fixture
+def make_worker(settings: Settings, stores: Stores):  # type: ignore[no-untyped-def]
+    registry = load_handler_modules(settings.handler_modules)
+
+    def make(**overrides: object) -> Worker:
+        return Worker(settings.model_copy(update=overrides), stores.jobs, stores.queue,
+                      stores.clock, registry)
+
+    return make

@@ -1,0 +1,100 @@
+"""Job types the tests run. Each records its runs in a file named in its payload, so
+tests count executions outside the system."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from shared.jobtypes import JobContext, PermanentError, Retry, job_type
+
+
+class Recorded(BaseModel):
+    path: str
+    seconds: float = 0.0
+    failures: int = 0
+    delay: float | None = None
+
+
+def record(path: str, line: str) -> int:
+    """Append one line atomically; return how many lines the file now has."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+    return len(Path(path).read_text().splitlines())
+
+
+class Echo(BaseModel):
+    text: str
+
+
+@job_type("echo", payload=Echo)
+async def echo(payload: Echo, ctx: JobContext) -> dict[str, object]:
+    return {"text": payload.text, "attempt": ctx.attempt}
+
+
+@job_type("count", payload=Recorded)
+async def count(payload: Recorded, ctx: JobContext) -> dict[str, object]:
+    if payload.seconds:
+        await asyncio.sleep(payload.seconds)
+    record(payload.path, ctx.job_id)
+    return {"ok": True}
+
+
+@job_type("sleep", payload=Recorded)
+async def sleep(payload: Recorded, ctx: JobContext) -> dict[str, object]:
+    record(payload.path, f"start {ctx.job_id} {ctx.attempt}")
+    await asyncio.sleep(payload.seconds)
+    record(payload.path, f"end {ctx.job_id} {ctx.attempt}")
+    return {"slept": payload.seconds}
+
+
+@job_type("blocking", payload=Recorded)
+def blocking(payload: Recorded, ctx: JobContext) -> dict[str, object]:
+    time.sleep(payload.seconds)  # a plain def: runs in a thread
+    record(payload.path, ctx.job_id)
+    return {"blocked": payload.seconds}
+
+
+@job_type("flaky", payload=Recorded)
+async def flaky(payload: Recorded, ctx: JobContext) -> dict[str, object]:
+    runs = record(payload.path, f"{ctx.job_id} {ctx.attempt}")
+    if runs <= payload.failures:
+        raise RuntimeError(f"failure {runs} of {payload.failures}")
+    return {"runs": runs}
+
+
+@job_type("always_fails", payload=Recorded)
+async def always_fails(payload: Recorded, ctx: JobContext) -> None:
+    record(payload.path, ctx.job_id)
+    raise ValueError("this job always fails")
+
+
+@job_type("permanent", payload=Recorded)
+async def permanent(payload: Recorded, ctx: JobContext) -> None:
+    record(payload.path, ctx.job_id)
+    raise PermanentError("cannot ever work")
+
+
+@job_type("retry_after", payload=Recorded)
+async def retry_after(payload: Recorded, ctx: JobContext) -> dict[str, object]:
+    runs = record(payload.path, f"{time.time()}")
+    if runs <= payload.failures:
+        raise Retry("come back later", delay=payload.delay)
+    return {"runs": runs}
+
+
+@job_type("crash", payload=Recorded)
+async def crash(payload: Recorded, ctx: JobContext) -> None:
+    record(payload.path, ctx.job_id)
+    os.kill(os.getpid(), signal.SIGKILL)  # a poison pill: takes its worker down
+
+
+@job_type("slow", payload=Recorded, timeout_seconds=0.3, max_retries=1)
+async def slow(payload: Recorded, ctx: JobContext) -> None:
+    record(payload.path, ctx.job_id)
+    await asyncio.sleep(payload.seconds)
