@@ -73,7 +73,8 @@ class RedisQueue:
         self._stream_priority = {keys.stream(p): p for p in PRIORITIES_IN_READ_ORDER}
         self._read = _script(redis, "read")
         self._promote = _script(redis, "promote")
-        self._reclaim = _script(redis, "reclaim")
+        self._claim_stale = _script(redis, "claim_stale")
+        self._requeue = _script(redis, "requeue")
         self._leader = _script(redis, "leader")
 
     # -- set-up ---------------------------------------------------------------------------
@@ -206,26 +207,36 @@ class RedisQueue:
         if members:
             await self.redis.zrem(self.keys.scheduled, *members)
 
-    async def reclaim(self, min_idle_ms: int, count: int,
-                      max_deliveries: int) -> tuple[int, list[Delivery]]:
-        """Requeue entries idle past ``min_idle_ms``; return (requeued, poison pills)."""
-        requeued = 0
-        poison: list[Delivery] = []
+    async def claim_stale(self, min_idle_ms: int, count: int) -> list[Delivery]:
+        """Take over entries idle past ``min_idle_ms`` (their worker died)."""
+        stale: list[Delivery] = []
         for stream, priority in self._stream_priority.items():
             try:
-                n, pills = await self._reclaim(
-                    keys=[stream],
-                    args=[CONSUMER_GROUP, RECLAIMER, min_idle_ms, count, max_deliveries])
+                rows = await self._claim_stale(
+                    keys=[stream], args=[CONSUMER_GROUP, RECLAIMER, min_idle_ms, count])
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
                 await self.ensure_groups()
                 continue
-            requeued += int(n)
-            poison += [Delivery(entry_id=pills[i], priority=priority, job_id=pills[i + 1],
-                                deliveries=max_deliveries)
-                       for i in range(0, len(pills), 2)]
-        return requeued, poison
+            for entry_id, flat in rows:
+                fields = dict(zip(flat[::2], flat[1::2], strict=True))
+                stale.append(Delivery(entry_id=entry_id, priority=priority,
+                                      job_id=fields["job"],
+                                      deliveries=int(fields.get("n", 1)),
+                                      prev=fields.get("prev")))
+        return stale
+
+    async def requeue(self, deliveries: Sequence[Delivery]) -> int:
+        """Hand claimed stale entries back to the workers as fresh entries; each names in
+        ``prev`` the entry its job's dead run claimed (None if never claimed)."""
+        if not deliveries:
+            return 0
+        args: list[Any] = [CONSUMER_GROUP]
+        for d in deliveries:
+            args += [PRIORITIES_IN_READ_ORDER.index(d.priority) + 1, d.entry_id, d.job_id,
+                     d.deliveries, d.prev or ""]
+        return int(await self._requeue(keys=self.keys.streams(), args=args))
 
     async def missing(self, queued: Sequence[str],
                       scheduled: Sequence[tuple[str, Priority]]) -> tuple[list[str], list[str]]:

@@ -26,15 +26,13 @@ from shared.status import JobStatus
 
 S = JobStatus
 ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
-    S.QUEUED: frozenset({S.PROCESSING, S.CANCELLED, S.FAILED}),
+    S.QUEUED: frozenset({S.PROCESSING, S.CANCELLED}),
     S.SCHEDULED: frozenset({S.QUEUED, S.CANCELLED}),
     S.PROCESSING: frozenset({S.COMPLETED, S.SCHEDULED, S.FAILED, S.CANCELLED}),
     S.COMPLETED: frozenset(),
     S.FAILED: frozenset({S.QUEUED}),
     S.CANCELLED: frozenset({S.QUEUED}),
 }
-# NOTE: QUEUED -> FAILED exists only for poison pills whose worker died before it could
-# even mark the job PROCESSING.
 
 Doc = dict[str, Any]
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,9 +126,14 @@ async def wait_finished(jobs: Any, ids: Iterable[str], timeout: float) -> dict[s
 
     try:
         await wait_until(done, timeout, f"{len(ids)} jobs to finish", 0.2)
-    finally:
+    except AssertionError as exc:
         docs = {d["_id"]: d async for d in jobs.find({"_id": {"$in": ids}})}
-    return docs
+        stuck = [d for d in docs.values() if d["status"] not in terminal]
+        summary = Counter(d["status"] for d in docs.values())
+        sample = [(d["_id"], [(h["status"], h.get("worker_id")) for h in d["history"]])
+                  for d in stuck[:3]]
+        raise AssertionError(f"{exc}: {dict(summary)}; unfinished: {sample}") from None
+    return {d["_id"]: d async for d in jobs.find({"_id": {"$in": ids}})}
 
 
 def lines(path: Path) -> list[str]:

@@ -9,7 +9,7 @@ only if this caller removed it from the delayed set.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
@@ -19,7 +19,7 @@ from shared import transitions
 from shared.clock import RedisClock, to_ms
 from shared.logs import get_log
 from shared.models import ErrorInfo
-from shared.queue import Enqueue, RedisQueue, Settle, member_job_id
+from shared.queue import Delivery, Enqueue, RedisQueue, Settle, member_job_id
 from shared.settings import Settings
 from shared.status import JobStatus, Priority
 
@@ -27,6 +27,16 @@ log = get_log(__name__)
 PROMOTE_BATCH = 500
 RECLAIM_BATCH = 100
 RECONCILE_BATCH = 5000
+
+
+def died_runs(doc: dict[str, Any]) -> int:
+    """How many runs in a row started (PROCESSING) without recording an outcome."""
+    died = 0
+    for entry in reversed(doc.get("history", [])):
+        if entry["status"] != JobStatus.PROCESSING:
+            break
+        died += 1
+    return died
 
 
 @dataclass
@@ -75,33 +85,60 @@ class Scheduler:
         return moved
 
     async def reclaim(self) -> int:
-        """Requeue entries idle past the visibility timeout (their worker died); FAIL the
-        jobs whose entry has killed max_deliveries workers (poison pills)."""
+        """Give the entries of dead workers (idle past the visibility timeout) back to the
+        queue, and FAIL poison pills: jobs whose last ``max_deliveries`` runs all died
+        before recording an outcome.
+
+        NOTE: runs are counted from the job's history, not from entry deliveries, so a
+        job that merely sat unstarted in a crashed worker's hands is not counted.
+        """
         if not self.is_leader:
             return 0
-        requeued, poison = await self.queue.reclaim(
-            int(self.settings.visibility_timeout_seconds * 1000), RECLAIM_BATCH,
-            self.settings.max_deliveries)
-        if requeued:
-            log.warning("scheduler.reclaimed", entries=requeued)
-        if poison:
-            await self._fail_poison(poison)
-        return requeued + len(poison)
+        stale = await self.queue.claim_stale(
+            int(self.settings.visibility_timeout_seconds * 1000), RECLAIM_BATCH)
+        if not stale:
+            return 0
+        docs = {d["_id"]: d async for d in self.jobs.find(
+            {"_id": {"$in": [s.job_id for s in stale]}},
+            {"status": 1, "claim": 1, "seq": 1, "attempt": 1, "history": 1,
+             "callback_url": 1, "callback_events": 1})}
+        requeue, poison, done = [], [], []
+        for entry in stale:
+            doc = docs.get(entry.job_id)
+            status = doc and doc["status"]
+            if status == JobStatus.QUEUED:
+                requeue.append(replace(entry, prev=None))
+            elif (status == JobStatus.PROCESSING and doc
+                  and doc.get("claim") in (entry.entry_id, entry.prev)):
+                # NOTE: an entry that was itself a requeue (prev = the claim) and died
+                # unstarted in a worker's hands still owns the job: keep it going.
+                if died_runs(doc) >= self.settings.max_deliveries:
+                    poison.append((entry, doc))
+                else:
+                    requeue.append(replace(entry, prev=doc["claim"]))
+            else:
+                # Finished (its worker died before acknowledging), gone, or owned by
+                # another entry: nothing to run.
+                done.append(Settle(entry, release=status != JobStatus.PROCESSING))
+        await self.queue.requeue(requeue)
+        if requeue:
+            log.warning("scheduler.reclaimed", entries=len(requeue),
+                        jobIds=[e.job_id for e in requeue[:20]])
+        await self._fail_poison(poison, done)
+        return len(stale)
 
-    async def _fail_poison(self, poison: list[Any]) -> None:
-        docs = {d["_id"]: d async for d in
-                self.jobs.find({"_id": {"$in": [p.job_id for p in poison]}})}
+    async def _fail_poison(self, poison: list[tuple[Delivery, Any]],
+                           done: list[Settle]) -> None:
         now = self.clock.now()
         error = ErrorInfo(
             type="PoisonPill",
-            message=f"delivered {self.settings.max_deliveries} times and every run died "
-                    "before recording an outcome (worker crashed or was killed)")
-        plans = [transitions.fail(d, error, now) for d in docs.values()
-                 if d["status"] in (JobStatus.QUEUED, JobStatus.PROCESSING)]
-        applied = await transitions.apply(self.jobs, plans)
+            message=f"{self.settings.max_deliveries} runs in a row died before recording "
+                    "an outcome (worker crashed or was killed); not retried")
+        applied = await transitions.apply(
+            self.jobs, [transitions.fail(doc, error, now) for _, doc in poison])
         for t in applied:
-            log.error("job.poison_pill", jobId=t.job_id, deliveries=self.settings.max_deliveries)
-        await self.queue.settle([Settle(p) for p in poison],
+            log.error("job.poison_pill", jobId=t.job_id, runs=self.settings.max_deliveries)
+        await self.queue.settle(done + [Settle(entry) for entry, _ in poison],
                                 [t.event.to_json() for t in applied])
 
     async def reconcile(self) -> int:

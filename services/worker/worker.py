@@ -122,29 +122,43 @@ class Worker:
         pause = 0.05
         while not self.stopping.is_set():
             free = self.concurrency - len(self.running)
-            if free <= 0:
-                self._slot_freed.clear()
-                await self._slot_freed.wait()
-                continue
             try:
-                if len(self.backlog) < free:
-                    block = None if burst else 1000
-                    fresh = await self.queue.read(self.worker_id, free - len(self.backlog), block)
+                if 0 < free and len(self.backlog) < free:
+                    block = None if burst or self.running else 1000
+                    fresh = await self.queue.read(self.worker_id, free - len(self.backlog),
+                                                  block)
                     self.backlog = deque(sorted([*self.backlog, *fresh], key=_rank))
-                batch = [self.backlog.popleft() for _ in range(min(free, len(self.backlog)))]
+                batch = self._take(free)
                 if batch:
                     await self._start(batch)
-                elif burst:
-                    if not self.running:
-                        return
+                elif self.running:
                     self._slot_freed.clear()
                     await self._slot_freed.wait()
+                elif burst and not self.backlog:
+                    return
                 pause = 0.05
             except (PyMongoError, RedisError, OSError) as exc:
                 # Keep what was read: it is ours until reclaimed, and heartbeats cover it.
                 log.warning("worker.store_unavailable", error=str(exc), retryInSeconds=pause)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 5.0)
+
+    def _take(self, free: int) -> list[Delivery]:
+        """The next entries to start, at most ``free``.
+
+        An entry delivered before (its worker died mid-run) is a suspect: it may be the
+        job that kills workers. It runs alone, once nothing else runs, so a poison pill
+        dies alone and the jobs that shared its first worker complete.
+        """
+        if free <= 0 or any(r.delivery.deliveries > 1 for r in self.running.values()):
+            return []
+        suspect = next((d for d in self.backlog if d.deliveries > 1), None)
+        if suspect is not None:
+            if self.running:
+                return []
+            self.backlog.remove(suspect)
+            return [suspect]
+        return [self.backlog.popleft() for _ in range(min(free, len(self.backlog)))]
 
     async def _start(self, batch: list[Delivery]) -> None:
         try:
