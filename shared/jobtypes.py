@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from shared.errors import PermanentError, Retry
-from shared.logs import Log, get_log
+from shared.logs import Log
 
 __all__ = ["REGISTRY", "JobContext", "JobType", "PermanentError", "Retry", "job_type",
            "load_handler_modules"]

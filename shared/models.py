@@ -8,7 +8,7 @@ the field names below; Beanie owns the schema and the indexes.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import pymongo
 from beanie import Document
@@ -83,7 +83,7 @@ class Job(Document):
     class Settings:
         name = "jobs"
         use_revision = False
-        indexes = [
+        indexes: ClassVar[list[IndexModel]] = [
             IndexModel([("idempotency_key", pymongo.ASCENDING)], unique=True, sparse=True,
                        name="idempotency_key_unique"),
             # The reconciler: QUEUED/SCHEDULED/PROCESSING jobs older than a grace period.

@@ -97,7 +97,8 @@ class RedisQueue:
         pipe = self.redis.pipeline(transaction=True)
         for job in jobs:
             if job.run_at_ms is None:
-                fields = {"job": job.job_id, **({"prev": job.prev} if job.prev else {})}
+                fields: dict[Any, Any] = {"job": job.job_id,
+                                          **({"prev": job.prev} if job.prev else {})}
                 pipe.xadd(self.keys.stream(job.priority), fields)
                 pipe.sadd(self.keys.held, job.job_id)
             else:
@@ -131,7 +132,7 @@ class RedisQueue:
             rows = await self._read(keys=self.keys.streams(),
                                     args=[CONSUMER_GROUP, consumer, count])
             if not rows and block_ms is not None:
-                reply = await self.redis.xreadgroup(
+                reply: Any = await self.redis.xreadgroup(
                     CONSUMER_GROUP, consumer, dict.fromkeys(self.keys.streams(), ">"),
                     count=count, block=block_ms)
                 rows = [[stream, entry_id, [x for kv in fields.items() for x in kv]]
@@ -153,7 +154,7 @@ class RedisQueue:
     async def touch(self, consumer: str, deliveries: Iterable[Delivery]) -> None:
         """Heartbeat: reset the idle time of entries this worker still runs, so the
         reclaimer does not take a long job from a live worker."""
-        by_stream: dict[str, list[str]] = {}
+        by_stream: dict[str, list[Any]] = {}
         for d in deliveries:
             by_stream.setdefault(self.keys.stream(d.priority), []).append(d.entry_id)
         if not by_stream:
@@ -193,9 +194,9 @@ class RedisQueue:
 
     async def due(self, now_ms: int, limit: int) -> list[str]:
         """Members of the delayed set whose time has come, oldest first."""
-        members: list[str] = await self.redis.zrangebyscore(
+        members: Any = await self.redis.zrangebyscore(
             self.keys.scheduled, "-inf", now_ms, start=0, num=limit)
-        return members
+        return list(members)
 
     async def promote(self, members: Sequence[str]) -> int:
         if not members:

@@ -12,7 +12,7 @@ import asyncio
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -59,6 +59,7 @@ class Submitter:
         self.registry = registry
         self._pending: list[tuple[dict[str, Any], asyncio.Future[Accepted]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- validation -------------------------------------------------------------------
 
@@ -152,7 +153,9 @@ class Submitter:
             if i not in failed:
                 _resolve(future, Accepted(doc["_id"], JobStatus(doc["status"]), True))
             elif failed[i].get("code") == DUPLICATE_KEY and fields.get("idempotency_key"):
-                asyncio.create_task(self._resolve_duplicate(fields, future))
+                task = asyncio.create_task(self._resolve_duplicate(fields, future))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
             else:
                 _resolve(future, exc=StoreUnavailable("the job could not be stored",
                                                       details=failed[i].get("errmsg")))

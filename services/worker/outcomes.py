@@ -77,14 +77,16 @@ class OutcomeRecorder:
         self.tick_seconds = tick_seconds
         self._pending: list[_Pending] = []
         self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="outcome-recorder")
 
     async def stop(self) -> None:
-        while self._pending:
-            await asyncio.sleep(self.tick_seconds)
+        """Wait until every recorded outcome is flushed, then stop."""
+        await self._idle.wait()
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -93,6 +95,7 @@ class OutcomeRecorder:
         """Store the outcome, then settle the entry; True if this run still owned the job."""
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(delivery, transition, done))
+        self._idle.clear()
         self._wake.set()
         return await done
 
@@ -104,6 +107,8 @@ class OutcomeRecorder:
             batch, self._pending = self._pending, []
             if batch:
                 await self._flush(batch)
+            if not self._pending:
+                self._idle.set()
 
     async def _flush(self, batch: list[_Pending]) -> None:
         applied = await _until_stored(

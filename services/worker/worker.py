@@ -249,7 +249,7 @@ class Worker:
                     current.uncancel()  # the cancel was the job's, not this worker's
                 return Outcome(JobStatus.CANCELLED)
             raise
-        except TimeoutError as exc:
+        except TimeoutError:
             if deadline.expired():
                 exc = JobTimeout(f"timed out after {timeout:g}s")
             return Outcome(JobStatus.FAILED, error=error_info(exc), retryable=True)
@@ -289,4 +289,4 @@ class Worker:
                 log.warning("worker.cancel_listener_lost", error=str(exc))
                 await asyncio.sleep(1)
             finally:
-                await pubsub.aclose()
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
