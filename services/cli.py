@@ -9,6 +9,7 @@ COMMANDS = {
     "api": "services.api.__main__",
     "worker": "services.worker.__main__",
     "scheduler": "services.scheduler.__main__",
+    "notifier": "services.notifier.__main__",
     "dev": "services.dev.__main__",
 }
 USAGE = """usage: jobqueue <command> [options]
@@ -18,6 +19,7 @@ commands:
   api         the HTTP API            (--host, --port)
   worker      run jobs                (--concurrency N, --burst)
   scheduler   delayed jobs, crash recovery, reconciliation
+  notifier    signed webhook delivery (needs JOBQUEUE_WEBHOOK_SECRET)
 
 Configuration comes from JOBQUEUE_* environment variables (see README)."""
 

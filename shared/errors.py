@@ -6,6 +6,7 @@
     │   └── Retry                 retry after a chosen delay
     ├── JobTimeout                a run exceeded its timeoutSeconds
     ├── LostClaim                 a worker's write was fenced out (another run owns the job)
+    ├── InvalidSignature          a webhook's signature, timestamp or headers do not verify
     └── ApiError                  maps to an HTTP error response {"error": {code, message, details}}
         ├── InvalidInput          422, field-level details
         ├── NotFound              404
@@ -45,6 +46,11 @@ class JobTimeout(JobQueueError):
 
 class LostClaim(JobQueueError):
     """A conditional update found the job no longer in the state this writer expected."""
+
+
+class InvalidSignature(JobQueueError):
+    """A webhook delivery failed verification: missing headers, a stale or future
+    timestamp, or no signature made with the receiver's secret."""
 
 
 class ApiError(JobQueueError):

@@ -16,8 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 from pymongo import IndexModel
 
-from shared.events import Event
-from shared.ids import new_job_id
+from shared.ids import new_event_id, new_job_id
 from shared.status import JobStatus, Priority
 
 
@@ -69,7 +68,14 @@ class Job(Document):
     result: Any = None
     error: ErrorInfo | None = None
     history: list[HistoryEntry] = Field(default_factory=list)
-    outbox: list[Event] = Field(default_factory=list)
+    outbox: list[dict[str, Any]] = Field(default_factory=list)
+    """Events not yet delivered to callback_url, oldest first (see webhooks.outbox)."""
+    outbox_due_at: datetime | None = None
+    """When the notifier should next look at the outbox; unset when it is empty."""
+    outbox_lease_until: datetime | None = None
+    """A notifier delivering this job's events holds the outbox until then."""
+    callback_gone: bool = False
+    """The callback answered 410 Gone: nothing more is sent to it."""
     claim: str | None = None
     """Stream entry id of the run that owns the job while it is PROCESSING."""
     cancel_requested: bool = False
@@ -96,4 +102,35 @@ class Job(Document):
                         ("_id", pymongo.DESCENDING)], name="status_created"),
             IndexModel([("job_type", pymongo.ASCENDING), ("created_at", pymongo.DESCENDING),
                         ("_id", pymongo.DESCENDING)], name="type_created"),
+            # The notifier's sweep: jobs whose outbox is due.
+            IndexModel([("outbox_due_at", pymongo.ASCENDING)], sparse=True,
+                       name="outbox_due"),
+        ]
+
+
+class WebhookDelivery(Document):
+    """One attempt to deliver one event to a job's callback URL."""
+
+    id: str = Field(default_factory=lambda: new_event_id().replace("evt_", "dlv_"))  # type: ignore[assignment]
+    job_id: str
+    event_id: str
+    event_type: str
+    url: str
+    attempt: int
+    outcome: str
+    """delivered | retrying | failed (no attempts left) | gone (410) | redelivery"""
+    status_code: int | None = None
+    latency_ms: float | None = None
+    error: str | None = None
+    response_snippet: str | None = None
+    next_attempt_at: datetime | None = None
+    event: dict[str, Any]
+    at: datetime
+
+    class Settings:
+        name = "webhook_deliveries"
+        use_revision = False
+        indexes: ClassVar[list[IndexModel]] = [
+            IndexModel([("job_id", pymongo.ASCENDING), ("at", pymongo.ASCENDING)],
+                       name="job_at"),
         ]

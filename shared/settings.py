@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     webhook_retry_schedule: SecondsList = [5, 300, 1800, 7200, 18000, 36000, 36000]
     webhook_allowed_hosts: CommaList = []
     webhook_sweep_interval_seconds: float = Field(5.0, gt=0)
+    webhook_concurrency: int = Field(50, gt=0)
+    webhook_lease_seconds: float = Field(60.0, gt=0)
 
     _split = field_validator(
         "handler_modules", "webhook_retry_schedule", "webhook_allowed_hosts", mode="before"

@@ -12,10 +12,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry as RedisRetry
 
-from shared.models import Job
+from shared.models import Job, WebhookDelivery
 from shared.settings import Settings
 
-MONGO_MODELS: list[Any] = [Job]
+MONGO_MODELS: list[Any] = [Job, WebhookDelivery]
 
 
 async def open_mongo(settings: Settings) -> AsyncMongoClient[dict[str, Any]]:

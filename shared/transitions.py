@@ -58,20 +58,26 @@ class Transition:
     @property
     def update(self) -> Doc:
         push: Doc = {"history": self.history}
-        if self.to_outbox:
-            push["outbox"] = self.event.model_dump()
         update: Doc = {
             "$set": {**self.changes, "status": self.event.status.value,
                      "seq": self.event.seq, "updated_at": self.event.at},
             "$push": push,
         }
+        if self.to_outbox:
+            push["outbox"] = outbox_entry(self.event)
+            update["$min"] = {"outbox_due_at": self.event.at}
         if self.increments:
             update["$inc"] = self.increments
         return update
 
 
+def outbox_entry(event: Event) -> Doc:
+    """An event waiting in the job's webhook outbox, with its delivery bookkeeping."""
+    return {**event.model_dump(), "attempts": 0, "next_at": event.at}
+
+
 def wants_webhook(doc: Doc, status: JobStatus) -> bool:
-    if not doc.get("callback_url"):
+    if not doc.get("callback_url") or doc.get("callback_gone"):
         return False
     wanted = doc.get("callback_events")
     return not wanted or event_type(status) in wanted
@@ -121,7 +127,8 @@ def new_job(fields: Doc, now: datetime) -> tuple[Doc, Event]:
     doc["history"] = [{"status": status.value, "at": now, "attempt": 0,
                        "event_id": event.id, "worker_id": None}]
     if wants_webhook(doc, status):
-        doc["outbox"] = [event.model_dump()]
+        doc["outbox"] = [outbox_entry(event)]
+        doc["outbox_due_at"] = now
     return doc, event
 
 

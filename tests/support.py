@@ -23,6 +23,7 @@ from shared.settings import Settings
 from shared.status import TERMINAL
 
 ROOT = Path(__file__).resolve().parent.parent
+TEST_WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
 def isolated_settings(redis_url: str, mongodb_url: str, log_dir: Path, **overrides: Any
@@ -37,7 +38,8 @@ def isolated_settings(redis_url: str, mongodb_url: str, log_dir: Path, **overrid
         reconcile_grace_seconds=1.0, retry_base_seconds=0.05, retry_max_seconds=0.2,
         shutdown_grace_seconds=10.0, leader_ttl_seconds=2.0, max_deliveries=3,
         webhook_allowed_hosts=["127.0.0.1"], webhook_sweep_interval_seconds=0.5,
-        webhook_retry_schedule=[0.2, 0.2], webhook_timeout_seconds=2.0)
+        webhook_retry_schedule=[0.2, 0.2], webhook_timeout_seconds=2.0,
+        webhook_secret=TEST_WEBHOOK_SECRET)
     values.update(overrides)
     return Settings(**values)
 

@@ -25,15 +25,18 @@ from services.api.schemas import SubmitRequest
 from shared import transitions
 from shared.clock import RedisClock, to_ms
 from shared.errors import Conflict, InvalidInput, StoreUnavailable
+from shared.events import event_type
 from shared.ids import new_job_id
 from shared.jobtypes import JobType
 from shared.logs import get_log
 from shared.queue import Enqueue, RedisQueue
 from shared.settings import Settings
 from shared.status import JobStatus, Priority
+from webhooks.guard import OutboundGuard
 
 log = get_log(__name__)
 DUPLICATE_KEY = 11000
+EVENT_TYPES = frozenset(event_type(s) for s in JobStatus)
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,8 @@ class Submitter:
 
     # -- validation -------------------------------------------------------------------
 
-    def prepare(self, request: SubmitRequest, *, where: tuple[Any, ...] = ()) -> dict[str, Any]:
+    async def prepare(self, request: SubmitRequest, *,
+                      where: tuple[Any, ...] = ()) -> dict[str, Any]:
         """Validate one submission; return the fields of its document (without status).
 
         Raises InvalidInput with field-level details (``where`` prefixes the field
@@ -81,7 +85,15 @@ class Submitter:
             raise InvalidInput(f"payload does not match the {request.job_type} schema",
                                details=field_errors(exc.errors(), (*where, "payload"))) from None
         if request.callback_url is not None:
-            self._check_callback(request.callback_url, where)
+            await OutboundGuard(self.settings.webhook_allowed_hosts,
+                                ".".join(map(str, (*where, "callbackUrl")))
+                                ).check(request.callback_url)
+        unknown = set(request.callback_events or ()) - EVENT_TYPES
+        if unknown:
+            raise InvalidInput("unknown callbackEvents", details=[{
+                "field": ".".join(map(str, (*where, "callbackEvents"))),
+                "message": f"{sorted(unknown)}; known: {sorted(EVENT_TYPES)}",
+                "type": "unknown_event_type"}])
         run_at = request.run_at
         if run_at is not None and run_at.tzinfo is None:
             run_at = run_at.replace(tzinfo=UTC)
@@ -102,12 +114,6 @@ class Submitter:
             **({"idempotency_key": request.idempotency_key,
                 "request_hash": request_hash(request)} if request.idempotency_key else {}),
         }
-
-    def _check_callback(self, url: str, where: tuple[Any, ...]) -> None:
-        if not url.lower().startswith(("http://", "https://")):
-            raise InvalidInput("callbackUrl must be an http or https URL", details=[{
-                "field": ".".join(map(str, (*where, "callbackUrl"))),
-                "message": "only http and https URLs are allowed", "type": "url_refused"}])
 
     # -- accepting --------------------------------------------------------------------
 

@@ -1,14 +1,17 @@
 """``jobqueue dev``: the whole system in one command.
 
-Starts embedded Redis and MongoDB when no URL is configured (data under ``.jobqueue/``),
-then the api, a worker, the scheduler and the notifier as child processes; prints the
-URLs; on Ctrl-C or SIGTERM stops everything it started.
+Starts embedded Redis and MongoDB when no URL is configured (data under ``.jobqueue/``,
+with a webhook signing secret made there if none is set), then the api, a worker, the
+scheduler and the notifier as child processes; prints the URLs; on Ctrl-C or SIGTERM
+stops everything it started.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -18,7 +21,16 @@ from pathlib import Path
 from services.dev.embedded import EmbeddedServer, child_env, start_mongodb, start_redis
 from shared.settings import Settings
 
-SERVICES = ("api", "worker", "scheduler")
+SERVICES = ("api", "worker", "scheduler", "notifier")
+
+
+def _webhook_secret(data_dir: Path) -> str:
+    """The dev stack's signing secret, made once and kept under the data dir."""
+    path = data_dir / "webhook_secret"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text("whsec_" + base64.b64encode(secrets.token_bytes(32)).decode())
+    return path.read_text().strip()
 
 
 def _service_command(name: str, host: str, port: int) -> list[str]:
@@ -55,6 +67,8 @@ def main(argv: list[str] | None = None) -> None:
         if not settings.mongodb_url:
             servers.append(start_mongodb(args.data_dir / "mongodb"))
             env["JOBQUEUE_MONGODB_URL"] = servers[-1].url
+        if not settings.webhook_secret:
+            env["JOBQUEUE_WEBHOOK_SECRET"] = _webhook_secret(args.data_dir)
         for name in SERVICES:
             for _ in range(args.workers if name == "worker" else 1):
                 children.append(subprocess.Popen(
@@ -62,6 +76,8 @@ def main(argv: list[str] | None = None) -> None:
                     env=child_env(**env), stdin=subprocess.DEVNULL))
         for server in servers:
             print(f"embedded {server.name}: {server.url}", flush=True)
+        if "JOBQUEUE_WEBHOOK_SECRET" in env:
+            print(f"webhook signing secret: {env['JOBQUEUE_WEBHOOK_SECRET']}", flush=True)
         base = f"http://{args.host}:{args.port}"
         print(f"jobqueue is up: API {base}  docs {base}/docs  logs {settings.log_dir}/  "
               "(Ctrl-C stops everything)", flush=True)

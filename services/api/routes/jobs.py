@@ -45,7 +45,7 @@ async def submit_job(body: SubmitRequest, ctx: Context, response: Response,
     idempotency key was seen before."""
     if idempotency_key and not body.idempotency_key:
         body.idempotency_key = idempotency_key
-    accepted = await ctx.submitter.submit(ctx.submitter.prepare(body))
+    accepted = await ctx.submitter.submit(await ctx.submitter.prepare(body))
     return _answer(accepted, response)
 
 
@@ -55,7 +55,7 @@ async def submit_batch(body: BatchSubmitRequest, ctx: Context) -> BatchSubmitRes
     fields, problems = [], []
     for i, request in enumerate(body.jobs):
         try:
-            fields.append(ctx.submitter.prepare(request, where=("jobs", i)))
+            fields.append(await ctx.submitter.prepare(request, where=("jobs", i)))
         except InvalidInput as exc:
             problems += exc.details
     if problems:
