@@ -12,6 +12,7 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from redis.asyncio import Redis
 
+from shared.artifacts import ArtifactStore
 from shared.clock import RedisClock
 from shared.keys import Keys
 from shared.logs import setup_logging
@@ -28,6 +29,7 @@ class Stores:
     queue: RedisQueue
     clock: RedisClock
     jobs: AsyncCollection[dict[str, Any]]
+    artifacts: ArtifactStore
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -41,8 +43,11 @@ async def open_stores(settings: Settings) -> Stores:
     clock = RedisClock()
     await clock.sync(redis)
     await queue.ensure_groups()
-    jobs = mongo[settings.mongodb_database][Job.Settings.name]
-    return Stores(mongo=mongo, redis=redis, queue=queue, clock=clock, jobs=jobs)
+    db = mongo[settings.mongodb_database]
+    artifacts = ArtifactStore(db)
+    await artifacts.ensure_indexes()
+    return Stores(mongo=mongo, redis=redis, queue=queue, clock=clock,
+                  jobs=db[Job.Settings.name], artifacts=artifacts)
 
 
 def start_service(name: str) -> Settings:

@@ -22,13 +22,16 @@ import asyncio
 import importlib
 import inspect
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import httpx
 from pydantic import BaseModel
 
+from shared.artifacts import JobArtifacts
 from shared.errors import PermanentError, Retry
 from shared.logs import Log
+from shared.settings import Settings
 
 __all__ = ["REGISTRY", "JobContext", "JobType", "PermanentError", "Retry", "job_type",
            "load_handler_modules"]
@@ -49,8 +52,11 @@ class JobContext:
     max_retries: int
     worker_id: str
     log: Log
-    extras: dict[str, Any] = field(default_factory=dict)
-    """Services a worker offers handlers (e.g. the artifact store), by name."""
+    settings: Settings
+    http: httpx.AsyncClient
+    """The worker's shared HTTP client (one connection pool per process)."""
+    artifacts: JobArtifacts
+    """Files this run produces: ``await ctx.artifacts.save(name, data, content_type)``."""
 
 
 @dataclass(frozen=True)

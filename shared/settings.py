@@ -65,8 +65,35 @@ class Settings(BaseSettings):
     webhook_concurrency: int = Field(50, gt=0)
     webhook_lease_seconds: float = Field(60.0, gt=0)
 
+    # Built-in job types
+    http_timeout_seconds: float = Field(30.0, gt=0)
+    smtp_host: str = "localhost"
+    smtp_port: int = Field(25, gt=0, lt=65536)
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_starttls: bool = False
+    smtp_ssl: bool = False
+    smtp_from: str = "jobqueue@localhost"
+    sms_provider_url: str = "https://api.twilio.com"
+    twilio_account_sid: str | None = None
+    twilio_auth_token: str | None = None
+    twilio_from: str | None = None
+    push_provider_url: str = "https://fcm.googleapis.com"
+    fcm_project_id: str | None = None
+    fcm_access_token: str | None = None
+    fcm_service_account_file: Path | None = None
+    scrape_allowed_hosts: CommaList = []
+    scrape_respect_robots: bool = True
+    scrape_timeout_seconds: float = Field(15.0, gt=0)
+    scrape_max_bytes: int = Field(5 * 1024 * 1024, gt=0)
+    scrape_max_redirects: int = Field(5, ge=0)
+    scrape_user_agent: str = "jobqueue-scraper/0.1"
+    image_max_bytes: int = Field(20 * 1024 * 1024, gt=0)
+    image_max_pixels: int = Field(40_000_000, gt=0)
+
     _split = field_validator(
-        "handler_modules", "webhook_retry_schedule", "webhook_allowed_hosts", mode="before"
+        "handler_modules", "webhook_retry_schedule", "webhook_allowed_hosts",
+        "scrape_allowed_hosts", mode="before"
     )(_split_commas)
 
     def require_stores(self) -> tuple[str, str]:

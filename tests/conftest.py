@@ -3,10 +3,12 @@ JOBQUEUE_TEST_REDIS_URL / JOBQUEUE_TEST_MONGODB_URL), and per-test isolation."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -14,6 +16,7 @@ import pytest
 from services.api.app import create_app
 from services.dev.embedded import EmbeddedServer, start_mongodb, start_redis
 from services.runtime import Stores, open_stores
+from services.scheduler.scheduler import Scheduler
 from services.worker.worker import Worker
 from shared.jobtypes import load_handler_modules
 from shared.settings import Settings
@@ -75,6 +78,50 @@ def make_worker(settings: Settings, stores: Stores):  # type: ignore[no-untyped-
 
     def make(**overrides: object) -> Worker:
         return Worker(settings.model_copy(update=overrides), stores.jobs, stores.queue,
-                      stores.clock, registry)
+                      stores.clock, registry, stores.artifacts)
 
     return make
+
+
+@pytest.fixture
+async def scheduler(settings: Settings, stores: Stores) -> AsyncIterator[Scheduler]:
+    """A leading scheduler promoting due jobs in the background."""
+    sched = Scheduler(settings, stores.jobs, stores.queue, stores.clock)
+    assert await sched.lead()
+
+    stop = asyncio.Event()
+
+    async def loop() -> None:
+        # NOTE: stopped by an event, not by cancellation: a cancel that lands inside a
+        # PyMongo call can be absorbed by the driver, and the loop would run on.
+        while not stop.is_set():
+            await sched.promote_due()
+            await asyncio.sleep(0.02)
+
+    task = asyncio.create_task(loop())
+    yield sched
+    stop.set()
+    await task
+
+
+class Background:
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.task = asyncio.create_task(worker.run())
+
+    async def stop(self) -> None:
+        self.worker.stop()
+        await asyncio.wait_for(self.task, 30)
+
+
+@pytest.fixture
+async def background(make_worker: Any) -> AsyncIterator[Any]:
+    started: list[Background] = []
+
+    def start(**overrides: Any) -> Background:
+        started.append(Background(make_worker(**overrides)))
+        return started[-1]
+
+    yield start
+    for b in started:
+        await b.stop()

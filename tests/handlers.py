@@ -1,5 +1,5 @@
-"""Job types the tests run. Each records its runs in a file named in its payload, so
-tests count executions outside the system."""
+"""Job types the tests run (besides the built-in ones). Each records its runs in a file
+named in its payload, so tests count executions outside the system."""
 
 from __future__ import annotations
 
@@ -26,15 +26,6 @@ def record(path: str, line: str) -> int:
     with open(path, "a", encoding="utf-8") as f:
         f.write(line + "\n")
     return len(Path(path).read_text().splitlines())
-
-
-class Echo(BaseModel):
-    text: str
-
-
-@job_type("echo", payload=Echo)
-async def echo(payload: Echo, ctx: JobContext) -> dict[str, object]:
-    return {"text": payload.text, "attempt": ctx.attempt}
 
 
 @job_type("count", payload=Recorded)

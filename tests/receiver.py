@@ -66,7 +66,7 @@ def receiver() -> Iterator[Receiver]:
             self.end_headers()
             self.wfile.write(payload)
 
-        do_GET = do_POST = _handle  # noqa: N815
+        do_GET = do_POST = _handle
 
         def log_message(self, *args: object) -> None:
             pass

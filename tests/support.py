@@ -32,14 +32,15 @@ def isolated_settings(redis_url: str, mongodb_url: str, log_dir: Path, **overrid
     tag = uuid.uuid4().hex[:10]
     values: dict[str, Any] = dict(
         redis_url=redis_url, mongodb_url=mongodb_url, mongodb_database=f"test_{tag}",
-        redis_prefix=f"t{tag}", handler_modules=["tests.handlers"], log_dir=log_dir,
+        redis_prefix=f"t{tag}", log_dir=log_dir,
+        handler_modules=["services.worker.handlers", "tests.handlers"],
         mongodb_timeout_seconds=2.0, visibility_timeout_seconds=2.0,
         reclaim_interval_seconds=0.5, reconcile_interval_seconds=1.0,
         reconcile_grace_seconds=1.0, retry_base_seconds=0.05, retry_max_seconds=0.2,
         shutdown_grace_seconds=10.0, leader_ttl_seconds=2.0, max_deliveries=3,
         webhook_allowed_hosts=["127.0.0.1"], webhook_sweep_interval_seconds=0.5,
         webhook_retry_schedule=[0.2, 0.2], webhook_timeout_seconds=2.0,
-        webhook_secret=TEST_WEBHOOK_SECRET)
+        webhook_secret=TEST_WEBHOOK_SECRET, scrape_allowed_hosts=["127.0.0.1"])
     values.update(overrides)
     return Settings(**values)
 
@@ -154,3 +155,11 @@ async def submit_many(client: httpx.AsyncClient, bodies: list[dict[str, Any]],
             return job_id
 
     return list(await asyncio.gather(*(one(b) for b in bodies)))
+
+
+async def submit(api: httpx.AsyncClient, job_type: str, payload: dict[str, Any],
+                 **fields: Any) -> str:
+    r = await api.post("/jobs", json={"jobType": job_type, "payload": payload, **fields})
+    assert r.status_code == 202, r.text
+    job_id: str = r.json()["jobId"]
+    return job_id

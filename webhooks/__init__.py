@@ -1,5 +1,5 @@
-"""Webhooks: Standard Webhooks signing and verification, the outbound URL guard, and
-delivery of job events to callback URLs.
+"""Webhooks: Standard Webhooks signing and verification, and delivery of job events to
+callback URLs (through the outbound guard in shared.outbound).
 
 Receivers verify a delivery with::
 

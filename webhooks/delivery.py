@@ -26,7 +26,7 @@ from shared.clock import RedisClock
 from shared.events import Event
 from shared.ids import new_event_id
 from shared.logs import get_log
-from webhooks.guard import OutboundGuard, UrlRefused
+from shared.outbound import OutboundGuard, UrlRefused
 from webhooks.signing import signature_headers
 
 log = get_log(__name__)

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from services.api.deps import ApiContext
 from services.api.errors import install_error_handlers
 from services.api.limits import BodySizeLimit
-from services.api.routes import deliveries, health, jobs, live
+from services.api.routes import artifacts, deliveries, health, jobs, live
 from services.api.submit import Submitter
 from services.runtime import open_stores
 from shared.jobtypes import load_handler_modules
@@ -39,6 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(live.router)
     app.include_router(deliveries.router)
+    app.include_router(artifacts.router)
     app.include_router(health.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

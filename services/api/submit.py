@@ -29,10 +29,10 @@ from shared.events import event_type
 from shared.ids import new_job_id
 from shared.jobtypes import JobType
 from shared.logs import get_log
+from shared.outbound import OutboundGuard
 from shared.queue import Enqueue, RedisQueue
 from shared.settings import Settings
 from shared.status import JobStatus, Priority
-from webhooks.guard import OutboundGuard
 
 log = get_log(__name__)
 DUPLICATE_KEY = 11000
@@ -80,7 +80,8 @@ class Submitter:
                 "message": f"known job types: {', '.join(sorted(self.registry))}",
                 "type": "unknown_job_type"}])
         try:
-            payload = job_type.payload.model_validate(request.payload)
+            payload = job_type.payload.model_validate(request.payload,
+                                                      context={"settings": self.settings})
         except ValidationError as exc:
             raise InvalidInput(f"payload does not match the {request.job_type} schema",
                                details=field_errors(exc.errors(), (*where, "payload"))) from None

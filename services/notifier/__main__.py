@@ -11,8 +11,8 @@ from services.notifier.notifier import Notifier
 from services.runtime import on_stop_signals, open_stores, start_service
 from shared.logs import get_log
 from shared.models import WebhookDelivery
+from shared.outbound import OutboundGuard
 from webhooks.delivery import OutboxDeliverer, Sender
-from webhooks.guard import OutboundGuard
 from webhooks.signing import parse_secrets
 
 log = get_log(__name__)

@@ -16,7 +16,8 @@ async def serve(concurrency: int | None, burst: bool) -> None:
         settings.concurrency = concurrency
     registry = load_handler_modules(settings.handler_modules)
     stores = await open_stores(settings)
-    worker = Worker(settings, stores.jobs, stores.queue, stores.clock, registry)
+    worker = Worker(settings, stores.jobs, stores.queue, stores.clock, registry,
+                    stores.artifacts)
     on_stop_signals(worker.stop)
     try:
         await worker.run(burst=burst)

@@ -22,7 +22,7 @@ from shared.backoff import next_delay
 from shared.clock import RedisClock, to_ms
 from shared.jobtypes import JobType
 from shared.logs import get_log
-from shared.models import ErrorInfo
+from shared.models import Artifact, ErrorInfo
 from shared.queue import Delivery, RedisQueue, Settle
 from shared.settings import Settings
 from shared.status import JobStatus
@@ -38,6 +38,7 @@ class Outcome:
     error: ErrorInfo | None = None
     retryable: bool = False
     retry_delay: float | None = None
+    artifacts: tuple[Artifact, ...] = ()
 
 
 def plan(doc: transitions.Doc, outcome: Outcome, job_type: JobType | None, settings: Settings,
@@ -45,7 +46,9 @@ def plan(doc: transitions.Doc, outcome: Outcome, job_type: JobType | None, setti
     """The transition that records ``outcome`` for the run described by ``doc``."""
     now = clock.now()
     if outcome.status is JobStatus.COMPLETED:
-        return transitions.complete(doc, outcome.result, now, worker_id=worker_id)
+        return transitions.complete(
+            doc, outcome.result, now, worker_id=worker_id,
+            extra={"artifacts": [a.model_dump() for a in outcome.artifacts]})
     if outcome.status is JobStatus.CANCELLED:
         return transitions.cancel(doc, now, worker_id=worker_id)
     assert outcome.error is not None

@@ -16,8 +16,8 @@ import time
 import traceback
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
 
+import httpx
 from pydantic import ValidationError
 from pydantic_core import to_jsonable_python
 from pymongo.asynchronous.collection import AsyncCollection
@@ -26,6 +26,7 @@ from redis.exceptions import RedisError
 
 from services.worker.outcomes import Outcome, OutcomeRecorder, plan
 from shared import transitions
+from shared.artifacts import ArtifactStore, JobArtifacts
 from shared.clock import RedisClock
 from shared.errors import JobTimeout, PermanentError, Retry
 from shared.jobtypes import JobContext, JobType
@@ -68,8 +69,8 @@ class Worker:
     queue: RedisQueue
     clock: RedisClock
     registry: dict[str, JobType]
+    artifacts: ArtifactStore
     worker_id: str = field(default_factory=new_worker_id)
-    extras: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.concurrency = self.settings.concurrency
@@ -91,6 +92,8 @@ class Worker:
         await self.queue.ensure_groups()
         await self.clock.sync(self.queue.redis)
         self.recorder.start()
+        self.http = httpx.AsyncClient(timeout=self.settings.http_timeout_seconds,
+                                      trust_env=False)
         helpers = [asyncio.create_task(self._heartbeat(), name="heartbeat"),
                    asyncio.create_task(self._listen_for_cancels(), name="cancels")]
         log.info("worker.started", workerId=self.worker_id, concurrency=self.concurrency,
@@ -103,6 +106,7 @@ class Worker:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
             await self.recorder.stop()
+            await self.http.aclose()
             log.info("worker.stopped", workerId=self.worker_id)
 
     async def _drain(self) -> None:
@@ -236,12 +240,15 @@ class Worker:
         ctx = JobContext(job_id=doc["_id"], job_type=doc["job_type"], attempt=doc["attempt"],
                          retries=doc["retries"], max_retries=doc["max_retries"],
                          worker_id=self.worker_id, log=get_log(f"jobs.{doc['job_type']}"),
-                         extras=self.extras)
+                         settings=self.settings, http=self.http,
+                         artifacts=JobArtifacts(self.artifacts, doc["_id"]))
         try:
-            payload = job_type.payload.model_validate(doc["payload"])
+            payload = job_type.payload.model_validate(doc["payload"],
+                                                      context={"settings": self.settings})
             async with asyncio.timeout(timeout) as deadline:
                 result = await job_type.run(payload, ctx)
-            return Outcome(JobStatus.COMPLETED, result=to_jsonable_python(result))
+            return Outcome(JobStatus.COMPLETED, result=to_jsonable_python(result),
+                           artifacts=tuple(ctx.artifacts.saved))
         except asyncio.CancelledError:
             if run.cancel_requested:
                 current = asyncio.current_task()

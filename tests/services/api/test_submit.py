@@ -56,7 +56,7 @@ async def test_priority_and_delay(api: httpx.AsyncClient, stores: Stores) -> Non
     ({"jobType": "echo", "payload": {"text": "a"}, "surprise": 1}, 422, "invalid_input",
      "surprise"),
     ({"jobType": "echo", "payload": {"text": "a"}, "callbackUrl": "file:///etc/passwd"}, 422,
-     "invalid_input", "callbackUrl"),
+     "url_refused", "callbackUrl"),
     ([1, 2], 422, "invalid_input", None),
 ])
 async def test_bad_input_gets_a_json_error_and_stores_nothing(

@@ -4,66 +4,14 @@ real servers."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from services.runtime import Stores
 from services.scheduler.scheduler import Scheduler
-from services.worker.worker import Worker
-from shared.settings import Settings
-from tests.support import lines, wait_finished, wait_until
-
-
-@pytest.fixture
-async def scheduler(settings: Settings, stores: Stores) -> AsyncIterator[Scheduler]:
-    """A leading scheduler promoting due jobs in the background."""
-    sched = Scheduler(settings, stores.jobs, stores.queue, stores.clock)
-    assert await sched.lead()
-
-    async def loop() -> None:
-        while True:
-            await sched.promote_due()
-            await asyncio.sleep(0.02)
-
-    task = asyncio.create_task(loop())
-    yield sched
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-
-
-async def submit(api: httpx.AsyncClient, job_type: str, payload: dict[str, Any],
-                 **fields: Any) -> str:
-    r = await api.post("/jobs", json={"jobType": job_type, "payload": payload, **fields})
-    assert r.status_code == 202, r.text
-    job_id: str = r.json()["jobId"]
-    return job_id
-
-
-class Background:
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-        self.task = asyncio.create_task(worker.run())
-
-    async def stop(self) -> None:
-        self.worker.stop()
-        await asyncio.wait_for(self.task, 30)
-
-
-@pytest.fixture
-async def background(make_worker: Any) -> AsyncIterator[Any]:
-    started: list[Background] = []
-
-    def start(**overrides: Any) -> Background:
-        started.append(Background(make_worker(**overrides)))
-        return started[-1]
-
-    yield start
-    for b in started:
-        await b.stop()
+from tests.support import lines, submit, wait_finished, wait_until
 
 
 async def test_burst_worker_completes_jobs(api: httpx.AsyncClient, stores: Stores,

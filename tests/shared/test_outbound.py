@@ -4,7 +4,7 @@ import httpx
 import pytest
 
 from services.runtime import Stores
-from webhooks.guard import OutboundGuard, UrlRefused
+from shared.outbound import OutboundGuard, UrlRefused
 
 REFUSED = [
     "http://169.254.169.254/latest/meta-data", "http://10.0.0.5/hook", "http://172.16.3.4/",

@@ -1,4 +1,6 @@
-"""The outbound URL guard: jobqueue never lets a caller aim it at internal addresses.
+"""Calling URLs that callers give us (webhooks, images, pages to scrape) safely.
+
+The guard never lets a caller aim jobqueue at internal addresses.
 
 Checked at submit (a refused URL is a 422) and again right before connecting, against
 the addresses the host resolves to *then*; the connection is pinned to the checked
@@ -8,6 +10,7 @@ any address that is not global unicast (loopback, private, link-local and cloud
 metadata, CGNAT, multicast, reserved, unspecified, IPv4-mapped forms of those). IPv4
 hosts spelled in decimal, octal or hex are read the way resolvers read them.
 ``JOBQUEUE_*_ALLOWED_HOSTS`` (names or CIDRs) lifts the block for named receivers.
+:func:`fetch` follows redirects itself, checking every hop the same way.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from shared.errors import InvalidInput
+from shared.errors import InvalidInput, PermanentError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 CGNAT = ipaddress.ip_network("100.64.0.0/10")
@@ -103,6 +106,15 @@ class OutboundGuard:
             return True
         return not internal(address)
 
+    def check_literal(self, url: str) -> httpx.URL:
+        """What can be checked without DNS (for payload validation): syntax, and the
+        address when the host is one."""
+        parsed = self.parse(url)
+        literal = literal_address(parsed.host)
+        if literal is not None and not self._permitted(parsed.host, literal):
+            raise self._refuse(f"{parsed.host!r} is {literal}, an internal address")
+        return parsed
+
     async def check(self, url: str) -> Target:
         """Parse, resolve and check every address; the first one is the one to use."""
         parsed = self.parse(url)
@@ -122,3 +134,46 @@ class OutboundGuard:
             if not self._permitted(host, address):
                 raise self._refuse(f"{host!r} resolves to {address}, an internal address")
         return Target(parsed, str(addresses[0]))
+
+
+@dataclass(frozen=True)
+class Fetched:
+    url: str
+    """The final URL, after redirects."""
+    status_code: int
+    headers: httpx.Headers
+    body: bytes
+    truncated: bool
+
+
+async def fetch(client: httpx.AsyncClient, guard: OutboundGuard, url: str, *,
+                max_bytes: int, max_redirects: int, timeout_seconds: float,
+                headers: dict[str, str] | None = None) -> Fetched:
+    """GET a caller's URL: every hop checked and pinned, at most ``max_bytes`` read.
+
+    A refused hop (an internal address, even behind a redirect) is a PermanentError:
+    retrying cannot make it allowed.
+    """
+    for _ in range(max_redirects + 1):
+        try:
+            target = await guard.check(url)
+        except UrlRefused as exc:
+            raise PermanentError(f"refused: {exc.message}") from None
+        pinned, host, extensions = target.pinned_request()
+        async with client.stream("GET", pinned, headers={**(headers or {}), **host},
+                                 extensions=extensions, timeout=timeout_seconds,
+                                 follow_redirects=False) as response:
+            if response.is_redirect:
+                url = str(target.url.join(response.headers["location"]))
+                continue
+            body = bytearray()
+            truncated = False
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > max_bytes:
+                    del body[max_bytes:]
+                    truncated = True
+                    break
+            return Fetched(str(target.url), response.status_code, response.headers,
+                           bytes(body), truncated)
+    raise PermanentError(f"more than {max_redirects} redirects")

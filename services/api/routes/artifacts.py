@@ -1,0 +1,55 @@
+"""Files jobs produce, and deleting a finished job with everything it left."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Response
+from fastapi.responses import StreamingResponse
+
+from services.api.deps import Context
+from shared.errors import Conflict, NotFound
+from shared.models import WebhookDelivery
+from shared.status import TERMINAL
+
+router = APIRouter(tags=["jobs"])
+
+
+@router.get("/jobs/{job_id}/artifacts/{name}")
+async def download_artifact(job_id: str, name: str, ctx: Context) -> StreamingResponse:
+    """Stream an artifact the job listed, with its content type and length."""
+    job = await ctx.jobs.find_one({"_id": job_id}, {"artifacts": 1})
+    if job is None:
+        raise NotFound(f"no job {job_id!r}", details={"jobId": job_id})
+    listed = {a["name"]: a for a in job.get("artifacts", [])}
+    grid_out = await ctx.stores.artifacts.open(job_id, name) if name in listed else None
+    if grid_out is None:
+        raise NotFound(f"job {job_id!r} has no artifact {name!r}",
+                       details={"jobId": job_id, "artifacts": sorted(listed)})
+
+    async def chunks() -> AsyncIterator[bytes]:
+        while chunk := await grid_out.readchunk():
+            yield chunk
+
+    return StreamingResponse(chunks(), media_type=listed[name]["content_type"], headers={
+        "Content-Length": str(grid_out.length),
+        "Content-Disposition": f'attachment; filename="{name}"'})
+
+
+@router.delete("/jobs/{job_id}", status_code=204)
+async def delete_job(job_id: str, ctx: Context) -> Response:
+    """Delete a finished job, its artifacts and its delivery log (409 while active)."""
+    job = await ctx.jobs.find_one({"_id": job_id}, {"status": 1})
+    if job is None:
+        raise NotFound(f"no job {job_id!r}", details={"jobId": job_id})
+    if job["status"] not in TERMINAL:
+        raise Conflict(f"a {job['status']} job cannot be deleted; cancel it first",
+                       code="illegal_transition", details={"status": job["status"]})
+    deleted = await ctx.jobs.delete_one({"_id": job_id, "status": {"$in": list(TERMINAL)}})
+    if not deleted.deleted_count:
+        raise Conflict("the job changed while being deleted; try again",
+                       code="concurrent_change")
+    await ctx.stores.artifacts.delete(job_id)
+    db = ctx.stores.mongo[ctx.settings.mongodb_database]
+    await db[WebhookDelivery.Settings.name].delete_many({"job_id": job_id})
+    return Response(status_code=204)

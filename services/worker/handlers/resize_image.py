@@ -1,0 +1,122 @@
+"""``resizeImage``: resize an image given by URL or base64 (Pillow, in a worker thread).
+
+Guards: a byte limit on the input, a pixel limit checked from the header before any
+decoding (decompression bombs), and an allow-list of formats. The output is stored as
+an artifact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import io
+from typing import Any, Literal
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from services.worker.handlers.common import Payload, checked_url, described
+from shared.jobtypes import JobContext, PermanentError, job_type
+from shared.outbound import OutboundGuard, fetch
+from shared.settings import Settings
+
+INPUT_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF"})
+OUTPUT_FORMATS = ("png", "jpeg", "webp")
+
+
+class ResizeImage(Payload):
+    image_url: str | None = Field(None, max_length=2048)
+    image_base64: str | None = None
+    width: int | None = Field(None, ge=1, le=10_000)
+    height: int | None = Field(None, ge=1, le=10_000)
+    mode: Literal["fit", "fill", "exact"] = "fit"
+    format: Literal["png", "jpeg", "webp"] | None = None
+    quality: int | None = Field(None, ge=1, le=100)
+
+    @field_validator("image_url")
+    @classmethod
+    def _url_allowed(cls, url: str | None, info: ValidationInfo) -> str | None:
+        return None if url is None else checked_url(url, info)
+
+    @field_validator("image_base64")
+    @classmethod
+    def _is_base64(cls, data: str | None) -> str | None:
+        if data is not None:
+            try:
+                base64.b64decode(data, validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError("not valid base64") from None
+        return data
+
+    @model_validator(mode="after")
+    def _complete(self) -> ResizeImage:
+        if (self.image_url is None) == (self.image_base64 is None):
+            raise ValueError("give exactly one of imageUrl and imageBase64")
+        if self.width is None and self.height is None:
+            raise ValueError("give width, height, or both")
+        if self.mode != "fit" and (self.width is None or self.height is None):
+            raise ValueError(f"mode {self.mode!r} needs both width and height")
+        return self
+
+
+def resize(data: bytes, job: ResizeImage, max_pixels: int) -> tuple[bytes, str, int, int]:
+    """Resize in memory; raises PermanentError for input that can never work."""
+    try:
+        image = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as exc:
+        raise PermanentError(f"not a readable image: {exc}") from None
+    if image.format not in INPUT_FORMATS:
+        raise PermanentError(f"image format {image.format} is not accepted")
+    w, h = image.size
+    if w * h > max_pixels:  # NOTE: from the header, before decoding a byte of pixels
+        raise PermanentError(f"image is {w}x{h} = {w * h} pixels, over the {max_pixels} limit")
+    try:
+        image.load()
+    except (OSError, Image.DecompressionBombError) as exc:
+        raise PermanentError(f"image data is damaged: {exc}") from None
+    width = job.width or max(1, round(w * (job.height or h) / h))
+    height = job.height or max(1, round(h * (job.width or w) / w))
+    if job.mode == "fit":
+        out = ImageOps.contain(image, (width, height))
+    elif job.mode == "fill":
+        out = ImageOps.fit(image, (width, height))
+    else:
+        out = image.resize((width, height))
+    fmt = job.format or (image.format.lower() if image.format.lower() in OUTPUT_FORMATS
+                         else "png")
+    if fmt == "jpeg" and out.mode not in ("RGB", "L"):
+        out = out.convert("RGB")
+    buffer = io.BytesIO()
+    options = {"quality": job.quality} if job.quality and fmt != "png" else {}
+    out.save(buffer, format=fmt.upper(), **options)
+    return buffer.getvalue(), fmt, out.width, out.height
+
+
+async def load_input(job: ResizeImage, ctx: JobContext, settings: Settings) -> bytes:
+    if job.image_base64 is not None:
+        data = base64.b64decode(job.image_base64)
+    else:
+        assert job.image_url is not None
+        fetched = await fetch(ctx.http, OutboundGuard(settings.scrape_allowed_hosts, "imageUrl"),
+                              job.image_url, max_bytes=settings.image_max_bytes,
+                              max_redirects=settings.scrape_max_redirects,
+                              timeout_seconds=settings.scrape_timeout_seconds)
+        if fetched.status_code >= 400:
+            raise PermanentError(f"fetching the image answered {fetched.status_code}")
+        if fetched.truncated:
+            raise PermanentError(f"the image is over {settings.image_max_bytes} bytes")
+        data = fetched.body
+    if len(data) > settings.image_max_bytes:
+        raise PermanentError(f"the image is over {settings.image_max_bytes} bytes")
+    return data
+
+
+@job_type("resizeImage", payload=ResizeImage, timeout_seconds=120)
+async def resize_image(payload: ResizeImage, ctx: JobContext) -> dict[str, Any]:
+    data = await load_input(payload, ctx, ctx.settings)
+    output, fmt, width, height = await asyncio.to_thread(
+        resize, data, payload, ctx.settings.image_max_pixels)
+    artifact = await ctx.artifacts.save(f"resized.{'jpg' if fmt == 'jpeg' else fmt}", output,
+                                        f"image/{fmt}")
+    return {"artifact": described(artifact, ctx, width=width, height=height)}

@@ -1,0 +1,79 @@
+"""Files that jobs produce, stored in MongoDB GridFS (bucket ``artifacts``), named by job
+and file name, served by the API and deleted with their job."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from gridfs import AsyncGridFSBucket
+from gridfs.asynchronous.grid_file import AsyncGridOut
+from pymongo.asynchronous.database import AsyncDatabase
+
+from shared.models import Artifact
+
+CHUNK = 1024 * 1024
+BUCKET = "artifacts"
+
+
+class ArtifactStore:
+    def __init__(self, db: AsyncDatabase[dict[str, Any]]) -> None:
+        self.bucket = AsyncGridFSBucket(db, bucket_name=BUCKET)
+        self.files = db[f"{BUCKET}.files"]
+
+    async def ensure_indexes(self) -> None:
+        await self.files.create_index([("metadata.job_id", 1), ("metadata.name", 1)])
+
+    async def save(self, job_id: str, name: str, data: bytes | IO[bytes],
+                   content_type: str) -> Artifact:
+        """Store a file for a job (replacing one of the same name an earlier run left).
+        ``data`` may be a file object: it is copied a chunk at a time."""
+        await self.delete(job_id, name)
+        upload = self.bucket.open_upload_stream(
+            f"{job_id}/{name}",
+            metadata={"job_id": job_id, "name": name, "content_type": content_type})
+        try:
+            if isinstance(data, bytes):
+                await upload.write(data)
+            else:
+                while chunk := data.read(CHUNK):
+                    await upload.write(chunk)
+        except BaseException:
+            await upload.abort()
+            raise
+        await upload.close()
+        return Artifact(name=name, content_type=content_type, size=upload.length)
+
+    async def open(self, job_id: str, name: str) -> AsyncGridOut | None:
+        found = await self.files.find_one({"metadata.job_id": job_id, "metadata.name": name})
+        if found is None:
+            return None
+        return await self.bucket.open_download_stream(found["_id"])
+
+    async def delete(self, job_id: str, name: str | None = None) -> int:
+        query: dict[str, Any] = {"metadata.job_id": job_id}
+        if name is not None:
+            query["metadata.name"] = name
+        ids = [f["_id"] async for f in self.files.find(query, {"_id": 1})]
+        for file_id in ids:
+            await self.bucket.delete(file_id)
+        return len(ids)
+
+
+@dataclass
+class JobArtifacts:
+    """A run's view of the artifact store: what it saves is listed on the job."""
+
+    store: ArtifactStore
+    job_id: str
+    saved: list[Artifact] = field(default_factory=list)
+
+    async def save(self, name: str, data: bytes | IO[bytes], content_type: str) -> Artifact:
+        if "/" in name or not name.strip():
+            raise ValueError("an artifact name is a plain file name")
+        artifact = await self.store.save(self.job_id, name, data, content_type)
+        self.saved = [a for a in self.saved if a.name != name] + [artifact]
+        return artifact
+
+    def download_path(self, name: str) -> str:
+        return f"/jobs/{self.job_id}/artifacts/{name}"

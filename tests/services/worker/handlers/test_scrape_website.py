@@ -1,0 +1,57 @@
+"""scrapeWebsite against a local site: selectors, robots.txt, and the outbound guard."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.receiver import Receiver, receiver
+
+PAGE = b"""<html><head><title> Price list </title></head><body>
+<ul><li class="item"><a href="/a">Apples</a></li><li class="item"><a href="/b">Pears</a></li></ul>
+<p id="total">Total: 2</p></body></html>"""
+HTML = {"content-type": "text/html; charset=utf-8"}
+
+
+@pytest.fixture
+def site() -> Iterator[Receiver]:
+    with receiver() as r:
+        r.on("/robots.txt", (200, {}, b"User-agent: *\nDisallow: /private\n"))
+        r.on("/prices", (200, HTML, PAGE))
+        r.on("/private/prices", (200, HTML, PAGE))
+        r.on("/to-metadata", (302, {"location": "http://169.254.169.254/latest/"}, b""))
+        yield r
+
+
+async def test_selectors_extract_text_and_attributes(site: Receiver, run_job: Any) -> None:
+    doc = await run_job("scrapeWebsite", {"url": site.url + "/prices", "selectors": {
+        "items": "li.item a", "total": "#total", "missing": ".nothing"}})
+    assert doc["status"] == "COMPLETED", doc.get("error")
+    result = doc["result"]
+    assert result["status"] == 200 and result["title"] == "Price list"
+    assert result["values"] == {"items": ["Apples", "Pears"], "total": ["Total: 2"],
+                                "missing": []}
+    doc = await run_job("scrapeWebsite", {"url": site.url + "/prices",
+                                          "selectors": {"links": "li.item a"},
+                                          "attribute": "href", "maxBytes": 100})
+    assert doc["result"]["truncated"] and doc["result"]["bytes"] == 100
+
+
+async def test_robots_disallow_is_respected(site: Receiver, run_job: Any) -> None:
+    doc = await run_job("scrapeWebsite", {"url": site.url + "/private/prices"})
+    assert doc["status"] == "FAILED" and "robots.txt" in doc["error"]["message"]
+    assert site.at("/private/prices") == []
+
+
+async def test_internal_targets_are_refused(api: httpx.AsyncClient, site: Receiver,
+                                            run_job: Any) -> None:
+    for url in ("http://169.254.169.254/latest/", "http://0xA9FEA9FE/", "http://10.0.0.1/"):
+        r = await api.post("/jobs", json={"jobType": "scrapeWebsite", "payload": {"url": url}})
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["details"][0]["field"] == "payload.url"
+    doc = await run_job("scrapeWebsite", {"url": site.url + "/to-metadata"})
+    assert doc["status"] == "FAILED" and doc["attempt"] == 1
+    assert "169.254.169.254" in doc["error"]["message"]
