@@ -16,7 +16,7 @@ from shared.artifacts import ArtifactStore
 from shared.clock import RedisClock
 from shared.keys import Keys
 from shared.logs import setup_logging
-from shared.models import Job
+from shared.models import Job, WebhookDelivery
 from shared.queue import RedisQueue
 from shared.settings import Settings
 from shared.stores import open_mongo, open_redis
@@ -29,6 +29,7 @@ class Stores:
     queue: RedisQueue
     clock: RedisClock
     jobs: AsyncCollection[dict[str, Any]]
+    deliveries: AsyncCollection[dict[str, Any]]
     artifacts: ArtifactStore
 
     async def close(self) -> None:
@@ -47,7 +48,8 @@ async def open_stores(settings: Settings) -> Stores:
     artifacts = ArtifactStore(db)
     await artifacts.ensure_indexes()
     return Stores(mongo=mongo, redis=redis, queue=queue, clock=clock,
-                  jobs=db[Job.Settings.name], artifacts=artifacts)
+                  jobs=db[Job.Settings.name],
+                  deliveries=db[WebhookDelivery.Settings.name], artifacts=artifacts)
 
 
 def start_service(name: str) -> Settings:

@@ -107,6 +107,27 @@ class JobPage(Camel):
     next_cursor: str | None = None
 
 
+class DeliveryPublic(Camel):
+    event_id: str
+    event_type: str
+    url: str
+    attempt: int
+    outcome: str
+    status_code: int | None = None
+    latency_ms: float | None = None
+    error: str | None = None
+    response_snippet: str | None = None
+    next_attempt_at: datetime | None = None
+    at: datetime
+
+
+class DeliveryLog(Camel):
+    job_id: str
+    pending_events: int
+    callback_gone: bool
+    deliveries: list[DeliveryPublic]
+
+
 def from_doc(model: type[Camel], doc: dict[str, Any]) -> Any:
     """Build a response model from a stored document."""
     return model.model_validate({**doc, "job_id": doc["_id"]})

@@ -10,7 +10,6 @@ import httpx
 from services.notifier.notifier import Notifier
 from services.runtime import on_stop_signals, open_stores, start_service
 from shared.logs import get_log
-from shared.models import WebhookDelivery
 from shared.outbound import OutboundGuard
 from webhooks.delivery import OutboxDeliverer, Sender
 from webhooks.signing import parse_secrets
@@ -25,13 +24,12 @@ async def serve() -> None:
                          "(a 'whsec_<base64>' secret; several space-separated to rotate)")
     keys = parse_secrets(settings.webhook_secret)
     stores = await open_stores(settings)
-    deliveries = stores.mongo[settings.mongodb_database][WebhookDelivery.Settings.name]
     limits = httpx.Limits(max_connections=settings.webhook_concurrency)
     async with httpx.AsyncClient(limits=limits, follow_redirects=False,
                                  trust_env=False) as client:
         sender = Sender(client, OutboundGuard(settings.webhook_allowed_hosts, "callbackUrl"),
                         keys, settings.webhook_timeout_seconds)
-        deliverer = OutboxDeliverer(stores.jobs, deliveries, sender, stores.clock,
+        deliverer = OutboxDeliverer(stores.jobs, stores.deliveries, sender, stores.clock,
                                     settings.webhook_retry_schedule,
                                     settings.webhook_lease_seconds)
         notifier = Notifier(stores.jobs, deliverer, stores.redis,

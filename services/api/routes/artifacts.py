@@ -9,7 +9,6 @@ from fastapi.responses import StreamingResponse
 
 from services.api.deps import Context
 from shared.errors import Conflict, NotFound
-from shared.models import WebhookDelivery
 from shared.status import TERMINAL
 
 router = APIRouter(tags=["jobs"])
@@ -50,6 +49,5 @@ async def delete_job(job_id: str, ctx: Context) -> Response:
         raise Conflict("the job changed while being deleted; try again",
                        code="concurrent_change")
     await ctx.stores.artifacts.delete(job_id)
-    db = ctx.stores.mongo[ctx.settings.mongodb_database]
-    await db[WebhookDelivery.Settings.name].delete_many({"job_id": job_id})
+    await ctx.stores.deliveries.delete_many({"job_id": job_id})
     return Response(status_code=204)

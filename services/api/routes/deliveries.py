@@ -2,44 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
-
 from fastapi import APIRouter
 
 from services.api.deps import Context
-from services.api.schemas import Camel
+from services.api.schemas import DeliveryLog, DeliveryPublic
 from shared.errors import NotFound
 from shared.events import Event
-from shared.models import WebhookDelivery
 from shared.transitions import outbox_entry
 
 router = APIRouter(tags=["webhooks"])
-
-
-class DeliveryPublic(Camel):
-    event_id: str
-    event_type: str
-    url: str
-    attempt: int
-    outcome: str
-    status_code: int | None = None
-    latency_ms: float | None = None
-    error: str | None = None
-    response_snippet: str | None = None
-    next_attempt_at: datetime | None = None
-    at: datetime
-
-
-class DeliveryLog(Camel):
-    job_id: str
-    pending_events: int
-    callback_gone: bool
-    deliveries: list[DeliveryPublic]
-
-
-def _deliveries(ctx: Context) -> Any:
-    return ctx.stores.mongo[ctx.settings.mongodb_database][WebhookDelivery.Settings.name]
 
 
 @router.get("/jobs/{job_id}/deliveries", response_model=DeliveryLog)
@@ -48,7 +19,7 @@ async def list_deliveries(job_id: str, ctx: Context) -> DeliveryLog:
     job = await ctx.jobs.find_one({"_id": job_id}, {"outbox": 1, "callback_gone": 1})
     if job is None:
         raise NotFound(f"no job {job_id!r}", details={"jobId": job_id})
-    rows = await _deliveries(ctx).find({"job_id": job_id}).sort("at", 1).to_list()
+    rows = await ctx.stores.deliveries.find({"job_id": job_id}).sort("at", 1).to_list()
     return DeliveryLog(job_id=job_id, pending_events=len(job.get("outbox", [])),
                        callback_gone=bool(job.get("callback_gone")),
                        deliveries=[DeliveryPublic.model_validate(r) for r in rows])
@@ -58,7 +29,7 @@ async def list_deliveries(job_id: str, ctx: Context) -> DeliveryLog:
 async def redeliver(job_id: str, event_id: str, ctx: Context) -> dict[str, str]:
     """Queue an event for delivery again (same webhook-id, fresh attempts); this also
     re-enables a callback that answered 410 Gone."""
-    record = await _deliveries(ctx).find_one({"job_id": job_id, "event_id": event_id})
+    record = await ctx.stores.deliveries.find_one({"job_id": job_id, "event_id": event_id})
     if record is None:
         raise NotFound(f"no delivery of event {event_id!r} for job {job_id!r}",
                        details={"jobId": job_id, "eventId": event_id})
