@@ -92,12 +92,11 @@ class Job(Document):
         indexes: ClassVar[list[IndexModel]] = [
             IndexModel([("idempotency_key", pymongo.ASCENDING)], unique=True, sparse=True,
                        name="idempotency_key_unique"),
-            # The reconciler: QUEUED/SCHEDULED/PROCESSING jobs older than a grace period.
-            IndexModel([("status", pymongo.ASCENDING), ("updated_at", pymongo.ASCENDING)],
-                       name="status_updated"),
             # GET /jobs, newest first, optionally by status and/or type.
             IndexModel([("created_at", pymongo.DESCENDING), ("_id", pymongo.DESCENDING)],
                        name="created"),
+            # Also the reconciler's: the jobs in one active status, oldest first.
+            # NOTE: every index costs each write; this one serves both.
             IndexModel([("status", pymongo.ASCENDING), ("created_at", pymongo.DESCENDING),
                         ("_id", pymongo.DESCENDING)], name="status_created"),
             IndexModel([("job_type", pymongo.ASCENDING), ("created_at", pymongo.DESCENDING),

@@ -151,9 +151,11 @@ class Scheduler:
         cutoff = now - timedelta(seconds=self.settings.reconcile_grace_seconds)
         stale_run = now - timedelta(seconds=self.settings.visibility_timeout_seconds * 2)
         projection = {"_id": 1, "priority": 1, "run_at": 1, "claim": 1}
+        # NOTE: hinted, since some servers' planners give up the index for the range.
         waiting = {status: await self.jobs.find(
             {"status": status.value, "updated_at": {"$lt": before}}, projection
-        ).sort("updated_at", 1).limit(RECONCILE_BATCH).to_list()
+        ).sort([("created_at", 1), ("_id", 1)]).hint("status_created").limit(
+            RECONCILE_BATCH).to_list()
             for status, before in ((JobStatus.QUEUED, cutoff), (JobStatus.SCHEDULED, cutoff),
                                    (JobStatus.PROCESSING, stale_run))}
         ready = waiting[JobStatus.QUEUED] + waiting[JobStatus.PROCESSING]
