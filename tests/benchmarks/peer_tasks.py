@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 
 async def noop(ctx: dict[str, Any]) -> None:
@@ -17,7 +17,7 @@ def rq_noop() -> None:
 class ArqSettings:
     """arq worker settings: ``arq tests.benchmarks.peer_tasks.ArqSettings --burst``."""
 
-    functions = [noop]
+    functions: ClassVar[list[Any]] = [noop]
     max_jobs = 50
     keep_result = 0
 

@@ -1,8 +1,8 @@
 """Peers on the same Redis, run on demand: how fast arq and RQ drain no-op jobs with one
 worker process, for the ratios against ``tests.benchmarks.throughput``:
 
-    pip install arq rq
-    python -m tests.benchmarks.peers --redis-url redis://127.0.0.1:6379/14 [--jobs 5000]
+    python -m venv /tmp/peers && /tmp/peers/bin/pip install arq rq   # arq pins redis<6
+    /tmp/peers/bin/python -m tests.benchmarks.peers --redis-url redis://127.0.0.1:6379/14
 
 Context for the ratios: neither peer keeps a durable per-job record. jobqueue's drain
 includes two conditional MongoDB updates per job (PROCESSING, then the outcome with its
