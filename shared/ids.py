@@ -9,3 +9,7 @@ def new_job_id() -> str:
 
 def new_event_id() -> str:
     return f"evt_{uuid.uuid4().hex}"
+
+
+def new_delivery_id() -> str:
+    return f"dlv_{uuid.uuid4().hex}"

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 from pymongo import IndexModel
 
-from shared.ids import new_event_id, new_job_id
+from shared.ids import new_delivery_id, new_job_id
 from shared.status import JobStatus, Priority
 
 
@@ -110,7 +110,7 @@ class Job(Document):
 class WebhookDelivery(Document):
     """One attempt to deliver one event to a job's callback URL."""
 
-    id: str = Field(default_factory=lambda: new_event_id().replace("evt_", "dlv_"))  # type: ignore[assignment]
+    id: str = Field(default_factory=new_delivery_id)  # type: ignore[assignment]
     job_id: str
     event_id: str
     event_type: str

@@ -28,7 +28,8 @@ S = JobStatus
 ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
     S.QUEUED: frozenset({S.PROCESSING, S.CANCELLED}),
     S.SCHEDULED: frozenset({S.QUEUED, S.CANCELLED}),
-    S.PROCESSING: frozenset({S.COMPLETED, S.SCHEDULED, S.FAILED, S.CANCELLED}),
+    # PROCESSING -> PROCESSING: a redelivered run takes over from a worker that died.
+    S.PROCESSING: frozenset({S.PROCESSING, S.COMPLETED, S.SCHEDULED, S.FAILED, S.CANCELLED}),
     S.COMPLETED: frozenset(),
     S.FAILED: frozenset({S.QUEUED}),
     S.CANCELLED: frozenset({S.QUEUED}),
@@ -133,31 +134,18 @@ def new_job(fields: Doc, now: datetime) -> tuple[Doc, Event]:
 
 
 def claim(doc: Doc, *, entry_id: str, worker_id: str, now: datetime) -> Transition:
-    """QUEUED -> PROCESSING for the run delivered as stream entry ``entry_id``.
+    """A run starts: QUEUED -> PROCESSING, owned by stream entry ``entry_id``.
 
-    A PROCESSING job is claimed again only by a redelivery of its own entry (the
-    reclaimer re-adds a dead worker's entry and names the old id; see queue.Delivery).
+    For a PROCESSING job this is a takeover: the reclaimer re-added the entry of a run
+    whose worker died, naming that run's claim (see queue.Delivery.prev), and the new
+    run replaces it. The attempt counts up either way.
     """
     attempt = doc.get("attempt", 0) + 1
-    t = _plan(doc, S.PROCESSING, now, attempt=attempt, worker_id=worker_id,
-              changes={"claim": entry_id, "worker_id": worker_id, "started_at": now,
-                       "attempt": attempt})
-    return t
-
-
-def takeover(doc: Doc, *, entry_id: str, worker_id: str, now: datetime) -> Transition:
-    """A redelivered run of a PROCESSING job whose worker died: same status, new claim."""
-    attempt = doc.get("attempt", 0) + 1
-    event = Event(id=new_event_id(), type=event_type(S.PROCESSING), job_id=doc["_id"],
-                  status=S.PROCESSING, attempt=attempt, seq=doc.get("seq", 0) + 1, at=now,
-                  data={"redelivered": True})
-    history = {"status": S.PROCESSING.value, "at": now, "attempt": attempt,
-               "event_id": event.id, "worker_id": worker_id}
-    return Transition(job_id=doc["_id"], expected_status=S.PROCESSING,
-                      expected_seq=doc.get("seq", 0), event=event,
-                      changes={"claim": entry_id, "worker_id": worker_id, "started_at": now,
-                               "attempt": attempt},
-                      history=history, to_outbox=wants_webhook(doc, S.PROCESSING))
+    redelivered = JobStatus(doc["status"]) is S.PROCESSING
+    return _plan(doc, S.PROCESSING, now, attempt=attempt, worker_id=worker_id,
+                 data={"redelivered": True} if redelivered else None,
+                 changes={"claim": entry_id, "worker_id": worker_id, "started_at": now,
+                          "attempt": attempt})
 
 
 def complete(doc: Doc, result: Any, now: datetime, *, worker_id: str | None = None,

@@ -24,7 +24,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 
 from shared.clock import RedisClock
 from shared.events import Event
-from shared.ids import new_event_id
+from shared.ids import new_delivery_id
 from shared.logs import get_log
 from shared.outbound import OutboundGuard, UrlRefused
 from webhooks.signing import signature_headers
@@ -144,7 +144,7 @@ class OutboxDeliverer:
         result = await self.sender.send(url, event)
         now = self.clock.now()
         record: dict[str, Any] = {
-            "_id": new_event_id().replace("evt_", "dlv_"), "job_id": job_id,
+            "_id": new_delivery_id(), "job_id": job_id,
             "event_id": event["id"], "event_type": event["type"], "url": url,
             "attempt": attempt_no, "status_code": result.status_code,
             "latency_ms": result.latency_ms, "error": result.error,

@@ -177,12 +177,12 @@ class Worker:
         for d in batch:
             doc = docs.get(d.job_id)
             status = doc and JobStatus(doc["status"])
-            if doc and status is JobStatus.QUEUED and d.job_id not in self.running:
+            fresh = status is JobStatus.QUEUED and d.job_id not in self.running
+            takeover = (status is JobStatus.PROCESSING and d.prev is not None
+                        and doc is not None and doc["claim"] == d.prev)
+            if doc and (fresh or takeover):
                 t = transitions.claim(doc, entry_id=d.entry_id, worker_id=self.worker_id,
                                       now=now)
-            elif doc and status is JobStatus.PROCESSING and d.prev and doc["claim"] == d.prev:
-                t = transitions.takeover(doc, entry_id=d.entry_id, worker_id=self.worker_id,
-                                         now=now)
             else:
                 # Cancelled, finished, or owned by another entry: nothing to run.
                 skipped.append(Settle(d, release=status is not JobStatus.PROCESSING))
