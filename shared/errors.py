@@ -5,7 +5,6 @@
     │   ├── PermanentError        fail now, do not retry
     │   └── Retry                 retry after a chosen delay
     ├── JobTimeout                a run exceeded its timeoutSeconds
-    ├── LostClaim                 a worker's write was fenced out (another run owns the job)
     ├── InvalidSignature          a webhook's signature, timestamp or headers do not verify
     └── ApiError                  maps to an HTTP error response {"error": {code, message, details}}
         ├── InvalidInput          422, field-level details
@@ -42,10 +41,6 @@ class Retry(HandlerOutcome):
 
 class JobTimeout(JobQueueError):
     """The handler ran longer than the job's timeoutSeconds and was cancelled."""
-
-
-class LostClaim(JobQueueError):
-    """A conditional update found the job no longer in the state this writer expected."""
 
 
 class InvalidSignature(JobQueueError):

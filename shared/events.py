@@ -34,10 +34,6 @@ class Event(BaseModel):
     def to_json(self) -> str:
         return json.dumps(self.to_wire(), separators=(",", ":"))
 
-    @classmethod
-    def from_json(cls, raw: str | bytes) -> Event:
-        return cls.model_validate_json(raw)
-
 
 def event_type(status: JobStatus) -> str:
     return f"job.{status.value.lower()}"

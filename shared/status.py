@@ -14,7 +14,6 @@ class JobStatus(StrEnum):
 
 ACTIVE = frozenset({JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.PROCESSING})
 TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
-WAITING = frozenset({JobStatus.QUEUED, JobStatus.SCHEDULED})
 RETRYABLE_BY_USER = frozenset({JobStatus.FAILED, JobStatus.CANCELLED})
 
 

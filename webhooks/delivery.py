@@ -128,7 +128,7 @@ class OutboxDeliverer:
         if doc is None:
             return False
         if not doc.get("outbox") or not doc.get("callback_url"):
-            await self._release(job_id, clear_if_empty=True)
+            await self._release(job_id)
             return False
         head = doc["outbox"][0]
         if head["next_at"] > now:  # its retry is not due yet
@@ -187,14 +187,16 @@ class OutboxDeliverer:
         return False
 
     async def _remove_head(self, job_id: str, event_id: str) -> None:
-        await self.jobs.update_one({"_id": job_id},
-                                   {"$pull": {"outbox": {"id": event_id}}})
-        await self._release(job_id, clear_if_empty=True)
+        await self.jobs.update_one({"_id": job_id}, {
+            "$pull": {"outbox": {"id": event_id}}, "$unset": {"outbox_lease_until": ""}})
+        await self._clear_if_empty(job_id)
 
-    async def _release(self, job_id: str, *, clear_if_empty: bool) -> None:
+    async def _release(self, job_id: str) -> None:
+        await self.jobs.update_one({"_id": job_id}, {"$unset": {"outbox_lease_until": ""}})
+        await self._clear_if_empty(job_id)
+
+    async def _clear_if_empty(self, job_id: str) -> None:
         # NOTE: a transition may append an event at any moment; only an outbox seen
         # empty in the same update loses its due time.
-        if clear_if_empty:
-            await self.jobs.update_one({"_id": job_id, "outbox": {"$size": 0}},
-                                       {"$unset": {"outbox_due_at": ""}})
-        await self.jobs.update_one({"_id": job_id}, {"$unset": {"outbox_lease_until": ""}})
+        await self.jobs.update_one({"_id": job_id, "outbox": {"$size": 0}},
+                                   {"$unset": {"outbox_due_at": ""}})
