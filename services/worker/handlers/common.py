@@ -15,7 +15,7 @@ from shared.jobtypes import JobContext
 from shared.models import Artifact
 from shared.outbound import OutboundGuard, UrlRefused
 from shared.settings import Settings
-from webhooks.delivery import retry_after_seconds
+from shared.retry_after import retry_after_seconds
 
 
 class Payload(BaseModel):
