@@ -28,7 +28,9 @@ def field_errors(errors: Any, prefix: tuple[Any, ...] = ()) -> list[dict[str, An
     """Pydantic errors as ``[{field: "payload.to", message, type}]``."""
     out = []
     for err in errors:
-        loc = [str(part) for part in (*prefix, *err.get("loc", ())) if part != "body"]
+        # NOTE: a key in loc can hold a lone surrogate, which no JSON answer can carry.
+        loc = [str(part).encode("utf-8", "backslashreplace").decode()
+               for part in (*prefix, *err.get("loc", ())) if part != "body"]
         out.append({"field": ".".join(loc) or None, "message": err.get("msg", ""),
                     "type": err.get("type", "")})
     return out

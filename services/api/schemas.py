@@ -3,14 +3,24 @@ document (snake_case, shared.models)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from shared.events import event_type
 from shared.models import Artifact, ErrorInfo, HistoryEntry
 from shared.status import JobStatus, Priority
+
+CallbackEvent = StrEnum(  # type: ignore[misc]
+    "CallbackEvent", {event_type(s): event_type(s) for s in JobStatus})
+"""The event types a callback can ask for: one per status (``job.completed``, ...)."""
+MAX_UTC_OFFSET = timedelta(hours=18)
+"""The widest UTC offset ISO 8601 / RFC 3339 readers (and BSON round trips) agree on."""
+IDEMPOTENCY_KEY = r"^[^\x00-\x1f\x7f]+$"
+"""No control characters: the key also travels as an HTTP header."""
 
 
 class Camel(BaseModel):
@@ -23,13 +33,39 @@ class SubmitRequest(Camel):
     job_type: str = Field(min_length=1, max_length=100)
     payload: dict[str, Any] = Field(default_factory=dict)
     callback_url: str | None = Field(None, max_length=2048)
-    callback_events: list[str] | None = None
+    callback_events: list[CallbackEvent] | None = Field(
+        None, max_length=len(CallbackEvent), json_schema_extra={"uniqueItems": True})
     max_retries: int | None = Field(None, ge=0, le=100)
     priority: Priority = Priority.DEFAULT
     delay_seconds: float | None = Field(None, ge=0, le=366 * 86400)
     run_at: datetime | None = None
     timeout_seconds: float | None = Field(None, gt=0, le=7 * 86400)
-    idempotency_key: str | None = Field(None, min_length=1, max_length=255)
+    idempotency_key: str | None = Field(None, min_length=1, max_length=255,
+                                        pattern=IDEMPOTENCY_KEY)
+
+    @field_validator("callback_events")
+    @classmethod
+    def _unique(cls, events: list[CallbackEvent] | None) -> list[CallbackEvent] | None:
+        if events is not None and len(set(events)) != len(events):
+            raise ValueError("each event type at most once")
+        return events
+
+    @field_validator("run_at")
+    @classmethod
+    def _storable_moment(cls, run_at: datetime | None) -> datetime | None:
+        """A time MongoDB can hold: offset within +-18h, and still a date once in UTC
+        (``0001-01-01T00:00:00+05:00`` is not). Naive times are UTC."""
+        if run_at is None:
+            return None
+        offset = run_at.utcoffset()
+        if offset is None:
+            return run_at.replace(tzinfo=UTC)
+        if abs(offset) > MAX_UTC_OFFSET:
+            raise ValueError("the UTC offset must be within -18:00 and +18:00")
+        try:
+            return run_at.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("out of range once converted to UTC") from None
 
     @model_validator(mode="after")
     def _one_delay(self) -> SubmitRequest:

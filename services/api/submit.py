@@ -4,6 +4,12 @@ Concurrent submissions wait at most ``submit_batch_window_ms`` to be inserted to
 (one ``insert_many``) and enqueued together (one Redis transaction); each caller still
 gets its answer only after MongoDB has its job. If Redis fails after the insert the job
 is still accepted: the scheduler's reconciler enqueues it (nothing accepted is lost).
+
+Every waiter gets an answer, whatever fails: each document is BSON-encoded on its own
+before the batch insert, so one that cannot be encoded is refused alone (422); a batch
+that fails in any other way answers each of its waiters with an error. Should the
+flusher itself die, every waiter is answered (503) and ``on_fatal`` is called: the
+``jobqueue api`` process then shuts down and exits 1 (see services/api/__main__.py).
 """
 
 from __future__ import annotations
@@ -11,21 +17,23 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, timedelta
+from datetime import timedelta
 from typing import Any
 
+import bson
+from bson.raw_bson import RawBSONDocument
 from pydantic import ValidationError
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, PyMongoError
-from redis.exceptions import RedisError
 
+from services.api import storable
 from services.api.errors import field_errors
 from services.api.schemas import SubmitRequest
 from shared import transitions
 from shared.clock import RedisClock, to_ms
 from shared.errors import Conflict, InvalidInput, StoreUnavailable
-from shared.events import event_type
 from shared.ids import new_job_id
 from shared.jobtypes import JobType
 from shared.logs import get_log
@@ -36,7 +44,6 @@ from shared.status import JobStatus, Priority
 
 log = get_log(__name__)
 DUPLICATE_KEY = 11000
-EVENT_TYPES = frozenset(event_type(s) for s in JobStatus)
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,10 @@ class Accepted:
     """False when an idempotency key matched an earlier job (answered 200, not 202)."""
 
 
+Waiter = tuple[dict[str, Any], asyncio.Future[Accepted]]
+"""A submission's fields and the future its caller awaits."""
+
+
 def request_hash(request: SubmitRequest) -> str:
     body = request.model_dump(mode="json", exclude={"idempotency_key"}, exclude_none=True)
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
@@ -54,13 +65,17 @@ def request_hash(request: SubmitRequest) -> str:
 
 class Submitter:
     def __init__(self, settings: Settings, jobs: AsyncCollection[dict[str, Any]],
-                 queue: RedisQueue, clock: RedisClock, registry: dict[str, JobType]) -> None:
+                 queue: RedisQueue, clock: RedisClock, registry: dict[str, JobType],
+                 on_fatal: Callable[[BaseException], None] | None = None) -> None:
         self.settings = settings
         self.jobs = jobs
         self.queue = queue
         self.clock = clock
         self.registry = registry
-        self._pending: list[tuple[dict[str, Any], asyncio.Future[Accepted]]] = []
+        self.on_fatal = on_fatal
+        """Called once the flusher died of an unexpected error (after every waiter got
+        an answer): the process should stop, it can no longer accept jobs reliably."""
+        self._pending: list[Waiter] = []
         self._flusher: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
 
@@ -79,6 +94,11 @@ class Submitter:
                 "field": ".".join(map(str, (*where, "jobType"))),
                 "message": f"known job types: {', '.join(sorted(self.registry))}",
                 "type": "unknown_job_type"}])
+        # NOTE: before the type's schema sees it: a payload too deep or unstorable for
+        # MongoDB is refused whatever the type accepts (free-form fields included).
+        unstorable = storable.problems(request.payload, (*where, "payload"))
+        if unstorable:
+            raise InvalidInput("the payload cannot be stored as sent", details=unstorable)
         try:
             payload = job_type.payload.model_validate(request.payload,
                                                       context={"settings": self.settings})
@@ -89,15 +109,7 @@ class Submitter:
             await OutboundGuard(self.settings.webhook_allowed_hosts,
                                 ".".join(map(str, (*where, "callbackUrl")))
                                 ).check(request.callback_url)
-        unknown = set(request.callback_events or ()) - EVENT_TYPES
-        if unknown:
-            raise InvalidInput("unknown callbackEvents", details=[{
-                "field": ".".join(map(str, (*where, "callbackEvents"))),
-                "message": f"{sorted(unknown)}; known: {sorted(EVENT_TYPES)}",
-                "type": "unknown_event_type"}])
-        run_at = request.run_at
-        if run_at is not None and run_at.tzinfo is None:
-            run_at = run_at.replace(tzinfo=UTC)
+        run_at = request.run_at  # timezone-aware UTC (schemas.SubmitRequest)
         if request.delay_seconds:
             run_at = self.clock.now() + timedelta(seconds=request.delay_seconds)
         return {
@@ -111,7 +123,8 @@ class Submitter:
                                       self.settings.default_timeout_seconds),
             "run_at": run_at,
             "callback_url": request.callback_url,
-            "callback_events": request.callback_events,
+            "callback_events": (None if request.callback_events is None
+                                else [e.value for e in request.callback_events]),
             **({"idempotency_key": request.idempotency_key,
                 "request_hash": request_hash(request)} if request.idempotency_key else {}),
         }
@@ -124,39 +137,113 @@ class Submitter:
             earlier = await self.jobs.find_one({"idempotency_key": key})
             if earlier:
                 return self._same_request(earlier, fields)
+        return await self._commit(fields)
+
+    async def _commit(self, fields: dict[str, Any]) -> Accepted:
+        """Wait for the group commit that stores ``fields``."""
         future: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
         self._pending.append((fields, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_soon())
         return await future
 
+    async def submit_batch(self, batch: list[dict[str, Any]]) -> list[Accepted]:
+        """Accept prepared submissions all together, or none.
+
+        Idempotency keys are checked before anything is stored: a key used twice in
+        the batch for different requests, or already used for a different request,
+        refuses the whole batch (409). A key repeated with the identical request is one
+        job, answered at each of its places; a key matching an earlier identical
+        request answers that job.
+        """
+        owner = _first_use_of_keys(batch)
+        earlier: dict[str, Accepted] = {}
+        if owner:
+            async for doc in self.jobs.find({"idempotency_key": {"$in": list(owner)}}):
+                key = doc["idempotency_key"]
+                earlier[key] = self._same_request(doc, batch[owner[key]])
+        # NOTE: a concurrent submit with the same key can still land between this check
+        # and the insert; that rare race answers 409 after the others were stored.
+        to_store = [i for i, fields in enumerate(batch)
+                    if (key := fields.get("idempotency_key")) is None
+                    or (owner[key] == i and key not in earlier)]
+        results = await asyncio.gather(*(self._commit(batch[i]) for i in to_store))
+        stored = dict(zip(to_store, results, strict=True))
+        answers = []
+        for i, fields in enumerate(batch):
+            if i in stored:
+                answers.append(stored[i])
+                continue
+            key = fields["idempotency_key"]  # not stored itself: a key already answered
+            answers.append(earlier[key] if key in earlier else stored[owner[key]])
+        return answers
+
     async def close(self) -> None:
         if self._flusher:
             await asyncio.gather(self._flusher, return_exceptions=True)
 
     async def _flush_soon(self) -> None:
-        await asyncio.sleep(self.settings.submit_batch_window_ms / 1000)
-        while self._pending:
-            batch = self._pending[: self.settings.submit_batch_max]
-            del self._pending[: len(batch)]
-            await self._flush(batch)
+        batch: list[Waiter] = []
+        try:
+            await asyncio.sleep(self.settings.submit_batch_window_ms / 1000)
+            while self._pending:
+                batch = self._pending[: self.settings.submit_batch_max]
+                del self._pending[: len(batch)]
+                await self._flush(batch)
+        except BaseException as exc:
+            # NOTE: a waiter must never hang: whatever stops the flusher (a bug, or
+            # cancellation at shutdown) answers the batch in hand and every job waiting.
+            waiting, self._pending = [*batch, *self._pending], []
+            _fail_all(waiting, StoreUnavailable("the API is stopping; the job was not "
+                                                "stored, try again"))
+            if not isinstance(exc, asyncio.CancelledError):
+                log.critical("submit.flusher_died", error=str(exc),
+                             errorType=type(exc).__name__, waiting=len(waiting))
+                if self.on_fatal is not None:
+                    self.on_fatal(exc)
+            raise
 
-    async def _flush(self, batch: list[tuple[dict[str, Any], asyncio.Future[Accepted]]]) -> None:
+    async def _flush(self, batch: list[Waiter]) -> None:
+        """Store and enqueue one batch; every waiter in it is answered, whatever fails."""
+        try:
+            await self._store(batch)
+        except Exception as exc:
+            log.exception("submit.flush_failed", jobs=len(batch), errorType=type(exc).__name__)
+        finally:
+            # NOTE: answers every waiter _store did not (it failed, or was cancelled).
+            _fail_all(batch, StoreUnavailable("the job could not be stored; try again"))
+
+    async def _store(self, batch: list[Waiter]) -> None:
         now = self.clock.now()
-        built = [transitions.new_job(fields, now) for fields, _ in batch]
+        built, encoded, waiting = [], [], []
+        for fields, future in batch:
+            doc, event = transitions.new_job(fields, now)
+            try:
+                raw = RawBSONDocument(bson.encode(doc, codec_options=self.jobs.codec_options))
+            except Exception as exc:
+                # NOTE: one unencodable document is refused alone, not with its batch.
+                _resolve(future, exc=InvalidInput(
+                    "the job cannot be stored in MongoDB", code="unstorable",
+                    details=[{"field": "payload", "message": str(exc)[:300],
+                              "type": type(exc).__name__}]))
+                continue
+            built.append((doc, event))
+            encoded.append(raw)
+            waiting.append((fields, future))
+        if not encoded:
+            return
         failed: dict[int, dict[str, Any]] = {}
         try:
-            await self.jobs.insert_many([doc for doc, _ in built], ordered=False)
+            await self.jobs.insert_many(encoded, ordered=False)
         except BulkWriteError as exc:
             failed = {e["index"]: e for e in exc.details.get("writeErrors", [])}
         except PyMongoError as exc:
-            for _, future in batch:
-                _resolve(future, exc=StoreUnavailable("MongoDB is unreachable; the job was "
-                                                      "not stored", details=str(exc)))
+            _fail_all(waiting, StoreUnavailable("MongoDB is unreachable; the job was "
+                                                "not stored", details=str(exc)))
             return
         stored = [(doc, event) for i, (doc, event) in enumerate(built) if i not in failed]
         await self._enqueue(stored)
-        for i, ((fields, future), (doc, _)) in enumerate(zip(batch, built, strict=True)):
+        for i, ((fields, future), (doc, _)) in enumerate(zip(waiting, built, strict=True)):
             if i not in failed:
                 _resolve(future, Accepted(doc["_id"], JobStatus(doc["status"]), True))
             elif failed[i].get("code") == DUPLICATE_KEY and fields.get("idempotency_key"):
@@ -173,10 +260,11 @@ class Submitter:
                 for doc, _ in stored]
         try:
             await self.queue.enqueue(work, [event.to_json() for _, event in stored])
-        except (RedisError, OSError) as exc:
-            # NOTE: the jobs are in MongoDB, so they are accepted; the reconciler will
-            # enqueue them once Redis answers again.
-            log.warning("submit.enqueue_deferred", jobs=len(work), error=str(exc))
+        except Exception as exc:
+            # NOTE: the jobs are in MongoDB, so they are accepted whatever failed here
+            # (usually Redis being down); the reconciler will enqueue them.
+            log.warning("submit.enqueue_deferred", jobs=len(work), error=str(exc),
+                        errorType=type(exc).__name__)
 
     async def _resolve_duplicate(self, fields: dict[str, Any],
                                  future: asyncio.Future[Accepted]) -> None:
@@ -198,8 +286,30 @@ class Submitter:
         return Accepted(earlier["_id"], JobStatus(earlier["status"]), False)
 
 
+def _first_use_of_keys(batch: list[dict[str, Any]]) -> dict[str, int]:
+    """Each idempotency key of the batch and where it is first used; Conflict when a
+    key comes back with a different request."""
+    owner: dict[str, int] = {}
+    for i, fields in enumerate(batch):
+        key = fields.get("idempotency_key")
+        if key is None:
+            continue
+        j = owner.setdefault(key, i)
+        if batch[j]["request_hash"] != fields["request_hash"]:
+            raise Conflict("idempotencyKey is used twice in the batch for different "
+                           "requests; nothing was stored", code="idempotency_conflict",
+                           details={"jobs": [j, i], "idempotencyKey": key})
+    return owner
+
+
 def _first(*values: Any) -> Any:
     return next(v for v in values if v is not None)
+
+
+def _fail_all(waiters: list[Waiter], exc: Exception) -> None:
+    """Answer with ``exc`` every waiter not answered yet."""
+    for _, future in waiters:
+        _resolve(future, exc=exc)
 
 
 def _resolve(future: asyncio.Future[Accepted], value: Accepted | None = None,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
+from redis.exceptions import RedisError
 
 from services.api.deps import Context
 from services.api.schemas import (
@@ -25,8 +26,11 @@ from services.api.schemas import (
 from services.api.submit import Accepted
 from shared import transitions
 from shared.errors import Conflict, InvalidInput, NotFound
+from shared.logs import get_log
 from shared.queue import Enqueue
 from shared.status import RETRYABLE_BY_USER, JobStatus, Priority
+
+log = get_log(__name__)
 
 router = APIRouter(tags=["jobs"])
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)]
@@ -61,14 +65,9 @@ async def submit_batch(body: BatchSubmitRequest, ctx: Context) -> BatchSubmitRes
     if problems:
         raise InvalidInput("some jobs in the batch are invalid; none was stored",
                            details=problems)
-    results = await asyncio.gather(*(ctx.submitter.submit(f) for f in fields),
-                                   return_exceptions=True)
-    jobs: list[SubmitResponse] = []
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-        jobs.append(SubmitResponse(job_id=result.job_id, status=result.status))
-    return BatchSubmitResponse(jobs=jobs)
+    accepted = await ctx.submitter.submit_batch(fields)
+    return BatchSubmitResponse(jobs=[SubmitResponse(job_id=a.job_id, status=a.status)
+                                     for a in accepted])
 
 
 async def _load(ctx: Context, job_id: str, projection: dict[str, Any] | None = None
@@ -96,20 +95,27 @@ def _encode_cursor(doc: dict[str, Any]) -> str:
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The (createdAt, jobId) a cursor points after; anything but the
+    ``[seconds, "job_..."]`` pair _encode_cursor writes is a 422 ``invalid_cursor``."""
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        ts, job_id = json.loads(base64.urlsafe_b64decode(padded))
-        return datetime.fromtimestamp(float(ts), UTC), str(job_id)
-    except (ValueError, TypeError) as exc:
-        raise InvalidInput("cursor is not one this API returned", details=[{
-            "field": "cursor", "message": "invalid cursor", "type": "invalid_cursor"}]) from exc
+        decoded = json.loads(base64.urlsafe_b64decode(padded))
+        ts, job_id = decoded if isinstance(decoded, list) else (None, None)
+        if (isinstance(ts, int | float) and not isinstance(ts, bool)
+                and isinstance(job_id, str) and len(job_id) <= 100):
+            return datetime.fromtimestamp(ts, UTC), job_id  # ValueError/OverflowError
+    except (ValueError, TypeError, OverflowError, OSError, RecursionError):
+        pass
+    raise InvalidInput("cursor is not one this API returned", code="invalid_cursor",
+                       details=[{"field": "cursor", "message": "invalid cursor",
+                                 "type": "invalid_cursor"}])
 
 
 @router.get("/jobs", response_model=JobPage)
 async def list_jobs(ctx: Context, status: JobStatus | None = None,
                     job_type: Annotated[str | None, Query(alias="jobType")] = None,
                     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-                    cursor: str | None = None) -> JobPage:
+                    cursor: Annotated[str | None, Query(max_length=512)] = None) -> JobPage:
     """Jobs newest first, filtered by status and/or jobType, a page at a time."""
     query: dict[str, Any] = {}
     if status:
@@ -139,18 +145,37 @@ async def cancel_job(job_id: str, ctx: Context, response: Response) -> SubmitRes
             return None
         return transitions.cancel(doc, now)
 
-    doc, t = await transitions.change(ctx.jobs, job_id, plan)
     queue = ctx.stores.queue
-    if t is None:
-        await ctx.jobs.update_one({"_id": job_id, "status": JobStatus.PROCESSING.value},
-                                  {"$set": {"cancel_requested": True}})
-        await queue.request_cancel(job_id)
-        response.status_code = 202
-        return SubmitResponse(job_id=job_id, status=JobStatus.PROCESSING)
+    for _ in range(5):
+        doc, t = await transitions.change(ctx.jobs, job_id, plan)
+        if t is not None:
+            break
+        # NOTE: the stored flag is the request; the pub/sub message only makes it fast.
+        # Workers also check the flag on every heartbeat and when they claim the job.
+        flagged = await ctx.jobs.update_one(
+            {"_id": job_id, "status": JobStatus.PROCESSING.value},
+            {"$set": {"cancel_requested": True}})
+        if flagged.matched_count:
+            await _best_effort(queue.request_cancel(job_id))
+            response.status_code = 202
+            return SubmitResponse(job_id=job_id, status=JobStatus.PROCESSING)
+        # the run ended in between: plan again from what the job is now
+    else:
+        raise Conflict("the job kept changing while this request ran; try again",
+                       code="concurrent_change")
     if t.expected_status is JobStatus.SCHEDULED:
-        await queue.unschedule(job_id, doc["priority"])
-    await queue.publish([t.event.to_json()])
+        await _best_effort(queue.unschedule(job_id, doc["priority"]))
+    await _best_effort(queue.publish([t.event.to_json()]))
     return SubmitResponse(job_id=job_id, status=JobStatus.CANCELLED)
+
+
+async def _best_effort(redis_call: Awaitable[Any]) -> None:
+    """A Redis step after MongoDB recorded the change: the change stands if it fails (a
+    cancelled job's leftovers in Redis are dropped when read; events are in MongoDB)."""
+    try:
+        await redis_call
+    except (RedisError, OSError) as exc:
+        log.warning("api.redis_step_skipped", error=str(exc))
 
 
 @router.post("/jobs/{job_id}/retry", status_code=202, response_model=SubmitResponse)
