@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1024 * 1024, gt=0)
     submit_batch_window_ms: float = Field(2.0, ge=0)
     submit_batch_max: int = Field(500, gt=0)
+    max_header_bytes: int = Field(64 * 1024, ge=1024)
 
     # Jobs and workers
     concurrency: int = Field(10, gt=0)

@@ -1,4 +1,9 @@
-"""``jobqueue api``: serve the HTTP API with uvicorn."""
+"""``jobqueue api``: serve the HTTP API with uvicorn.
+
+The server speaks HTTP/1.1 through h11 with a bounded request head
+(``JOBQUEUE_MAX_HEADER_BYTES``; see services/api/protocol.py); the body is bounded by
+the app (``JOBQUEUE_MAX_BODY_BYTES``).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import argparse
 import uvicorn
 
 from services.api.app import create_app
+from services.api.protocol import BoundedHeadProtocol
 from services.runtime import start_service
 
 
@@ -17,7 +23,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = start_service("api")
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None,
-                access_log=False, timeout_graceful_shutdown=10)
+                access_log=False, timeout_graceful_shutdown=10, http=BoundedHeadProtocol,
+                h11_max_incomplete_event_size=settings.max_header_bytes)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ is still accepted: the scheduler's reconciler enqueues it (nothing accepted is l
 Every waiter gets an answer, whatever fails: each document is BSON-encoded on its own
 before the batch insert, so one that cannot be encoded is refused alone (422); a batch
 that fails in any other way answers each of its waiters with an error. Should the
-flusher itself die, every waiter is answered (503) and ``on_fatal`` is called: the
-``jobqueue api`` process then shuts down and exits 1 (see services/api/__main__.py).
+flusher itself die, every waiter is answered (503), the error is logged as critical
+and ``on_fatal`` is called: the API process shuts down gracefully and exits with
+status 70 (services/api/app.py), so a supervisor restarts it.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def request_hash(request: SubmitRequest) -> str:
 class Submitter:
     def __init__(self, settings: Settings, jobs: AsyncCollection[dict[str, Any]],
                  queue: RedisQueue, clock: RedisClock, registry: dict[str, JobType],
-                 on_fatal: Callable[[BaseException], None] | None = None) -> None:
+                 on_fatal: Callable[[], None] | None = None) -> None:
         self.settings = settings
         self.jobs = jobs
         self.queue = queue
@@ -200,7 +201,7 @@ class Submitter:
                 log.critical("submit.flusher_died", error=str(exc),
                              errorType=type(exc).__name__, waiting=len(waiting))
                 if self.on_fatal is not None:
-                    self.on_fatal(exc)
+                    self.on_fatal()
             raise
 
     async def _flush(self, batch: list[Waiter]) -> None:
