@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     submit_batch_window_ms: float = Field(2.0, ge=0)
     submit_batch_max: int = Field(500, gt=0)
     max_header_bytes: int = Field(64 * 1024, ge=1024)
+    sse_max_clients: int = Field(1000, gt=0)
+    sse_keepalive_seconds: float = Field(15.0, gt=0)
 
     # Jobs and workers
     concurrency: int = Field(10, gt=0)

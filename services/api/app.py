@@ -3,6 +3,10 @@ one place that turns errors into JSON."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,9 +17,13 @@ from services.api.errors import install_error_handlers
 from services.api.limits import BodySizeLimit
 from services.api.routes import artifacts, deliveries, health, jobs, live
 from services.api.submit import Submitter
+from services.api.watchers import Watchers
 from services.runtime import open_stores
 from shared.jobtypes import load_handler_modules
 from shared.settings import Settings
+from shared.supervise import supervise
+
+EXIT_HELPER_CRASHED = 70  # EX_SOFTWARE: a supervised helper died
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -25,13 +33,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry = load_handler_modules(settings.handler_modules)
         stores = await open_stores(settings)
-        submitter = Submitter(settings, stores.jobs, stores.queue, stores.clock, registry)
-        app.state.context = ApiContext(settings, stores, registry, submitter)
+        watchers = Watchers(stores.redis, stores.queue.keys.events_channel,
+                            settings.sse_max_clients)
+        crashed = asyncio.Event()
+
+        def stop_loudly() -> None:  # a graceful shutdown by uvicorn, then exit status 70
+            crashed.set()
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        submitter = Submitter(settings, stores.jobs, stores.queue, stores.clock, registry,
+                              on_fatal=stop_loudly)
+        subscriber = supervise("watchers", watchers.run(), stop_loudly)
+        app.state.context = ApiContext(settings, stores, registry, submitter, watchers)
         try:
             yield
         finally:
+            subscriber.cancel()
+            await asyncio.gather(subscriber, return_exceptions=True)
             await submitter.close()
             await stores.close()
+            if crashed.is_set():
+                logging.shutdown()
+                os._exit(EXIT_HELPER_CRASHED)
 
     app = FastAPI(title="jobqueue", version="0.1.0", lifespan=lifespan,
                   description="Submit background jobs, follow their status, get webhooks.")

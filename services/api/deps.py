@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 
 from services.api.submit import Submitter
+from services.api.watchers import Watchers
 from services.runtime import Stores
 from shared.jobtypes import JobType
 from shared.settings import Settings
@@ -19,6 +20,7 @@ class ApiContext:
     stores: Stores
     registry: dict[str, JobType]
     submitter: Submitter
+    watchers: Watchers
 
     @property
     def jobs(self) -> Any:
