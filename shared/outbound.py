@@ -1,16 +1,17 @@
 """Calling URLs that callers give us (webhooks, images, pages to scrape) safely.
 
-The guard never lets a caller aim jobqueue at internal addresses.
+The guard never lets a caller aim jobqueue at internal addresses (see shared.addresses
+for which ones, including the IPv6 forms that embed an IPv4 address).
 
-Checked at submit (a refused URL is a 422) and again right before connecting, against
-the addresses the host resolves to *then*; the connection is pinned to the checked
-address (the Host header and TLS SNI keep the name), so DNS cannot be re-bound between
-check and connect. Refused: schemes other than http/https, credentials in the URL, and
-any address that is not global unicast (loopback, private, link-local and cloud
-metadata, CGNAT, multicast, reserved, unspecified, IPv4-mapped forms of those). IPv4
-hosts spelled in decimal, octal or hex are read the way resolvers read them.
-``JOBQUEUE_*_ALLOWED_HOSTS`` (names or CIDRs) lifts the block for named receivers.
-:func:`fetch` follows redirects itself, checking every hop the same way.
+Checked at submit (a refused URL is a 422) and again where the connection is made:
+clients from :func:`outbound_client` resolve the URL's host inside their transport,
+check every address, and connect to a checked one (shared.guarded_transport), so DNS
+cannot be re-bound between check and connect, and TLS verifies the real hostname.
+Refused: schemes other than http/https, credentials in the URL, and any host with an
+internal address. IPv4 hosts spelled in decimal, octal or hex are read the way
+resolvers read them. ``JOBQUEUE_*_ALLOWED_HOSTS`` (names or CIDRs) lifts the block for
+named receivers. Messages never say what a name resolved to. :func:`fetch` follows
+redirects itself, checking every hop the same way.
 """
 
 from __future__ import annotations
@@ -18,15 +19,19 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from collections.abc import Iterable
+import ssl
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import httpx
 
+from shared.addresses import IPAddress, IPNetwork, in_networks, internal, literal_address
 from shared.errors import InvalidInput, PermanentError
+from shared.guarded_transport import GuardedTransport
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-CGNAT = ipaddress.ip_network("100.64.0.0/10")
+HostResolver = Callable[[str, int], Awaitable[list[IPAddress]]]
+"""``(host, port)`` -> its addresses; raises OSError when the name does not resolve."""
 
 
 class UrlRefused(InvalidInput):
@@ -35,46 +40,20 @@ class UrlRefused(InvalidInput):
     code = "url_refused"
 
 
-@dataclass(frozen=True)
-class Target:
-    """A checked URL and the address to connect to."""
-
-    url: httpx.URL
-    address: str
-
-    def pinned_request(self) -> tuple[httpx.URL, dict[str, str], dict[str, str]]:
-        """URL with the checked address as host, plus the Host header and SNI name."""
-        netloc = self.url.netloc.decode("ascii")
-        extensions = {"sni_hostname": self.url.host} if self.url.scheme == "https" else {}
-        return self.url.copy_with(host=self.address), {"Host": netloc}, extensions
-
-
-def internal(address: IPAddress) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    return (address.is_private or address.is_loopback or address.is_link_local
-            or address.is_multicast or address.is_reserved or address.is_unspecified
-            or (isinstance(address, ipaddress.IPv4Address) and address in CGNAT)
-            or not address.is_global)
-
-
-def literal_address(host: str) -> IPAddress | None:
-    """The address a host names directly, in any spelling resolvers accept."""
-    try:
-        return ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        pass
-    try:  # decimal (2852039166), octal (0251.0376.0251.0376), hex (0xA9FEA9FE), short
-        return ipaddress.IPv4Address(socket.inet_aton(host))
-    except OSError:
-        return None
+async def system_resolver(host: str, port: int) -> list[IPAddress]:
+    """The operating system's resolver (getaddrinfo runs in a thread, off the loop)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port,
+                                                         type=socket.SOCK_STREAM)
+    return [ipaddress.ip_address(info[4][0]) for info in infos]
 
 
 class OutboundGuard:
-    def __init__(self, allowed: Iterable[str] = (), field: str = "url") -> None:
+    def __init__(self, allowed: Iterable[str] = (), field: str = "url",
+                 resolver: HostResolver = system_resolver) -> None:
         self.field = field
+        self.resolver = resolver
         self.allowed_hosts: set[str] = set()
-        self.allowed_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        self.allowed_networks: list[IPNetwork] = []
         for entry in allowed:
             try:
                 self.allowed_networks.append(ipaddress.ip_network(entry, strict=False))
@@ -102,7 +81,7 @@ class OutboundGuard:
     def _permitted(self, host: str, address: IPAddress) -> bool:
         if host.lower() in self.allowed_hosts:
             return True
-        if any(address in net for net in self.allowed_networks):
+        if in_networks(address, self.allowed_networks):
             return True
         return not internal(address)
 
@@ -112,28 +91,63 @@ class OutboundGuard:
         parsed = self.parse(url)
         literal = literal_address(parsed.host)
         if literal is not None and not self._permitted(parsed.host, literal):
-            raise self._refuse(f"{parsed.host!r} is {literal}, an internal address")
+            raise self._refuse(f"{parsed.host!r} is an internal address")
         return parsed
 
-    async def check(self, url: str) -> Target:
-        """Parse, resolve and check every address; the first one is the one to use."""
-        parsed = self.parse(url)
-        host = parsed.host
+    async def addresses(self, host: str, port: int) -> list[IPAddress]:
+        """Every address of ``host``, each checked; raise UrlRefused if one is internal.
+
+        NOTE: the message names the host, never the address it resolved to: a 422 must
+        not become a way to read internal DNS.
+        """
         literal = literal_address(host)
         if literal is not None:
-            addresses: list[IPAddress] = [literal]
-        else:
-            try:
-                infos = await asyncio.get_running_loop().getaddrinfo(
-                    host, parsed.port or (443 if parsed.scheme == "https" else 80),
-                    type=socket.SOCK_STREAM)
-            except OSError:
-                raise self._refuse(f"host {host!r} does not resolve") from None
-            addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
-        for address in addresses:
-            if not self._permitted(host, address):
-                raise self._refuse(f"{host!r} resolves to {address}, an internal address")
-        return Target(parsed, str(addresses[0]))
+            if not self._permitted(host, literal):
+                raise self._refuse(f"{host!r} is an internal address")
+            return [literal]
+        try:
+            found = await self.resolver(host, port)
+        except (OSError, UnicodeError):
+            raise self._refuse(f"host {host!r} does not resolve") from None
+        if not found:
+            raise self._refuse(f"host {host!r} does not resolve")
+        if not all(self._permitted(host, address) for address in found):
+            raise self._refuse(f"{host!r} resolves to an internal address")
+        return found
+
+    async def connectable(self, host: str, port: int) -> list[str]:
+        """The checked addresses as the transport connects to them."""
+        return [str(address) for address in await self.addresses(host, port)]
+
+    async def check(self, url: str) -> httpx.URL:
+        """Parse, resolve and check every address (at submit)."""
+        parsed = self.parse(url)
+        await self.addresses(parsed.host,
+                             parsed.port or (443 if parsed.scheme == "https" else 80))
+        return parsed
+
+
+class OutboundClient(httpx.AsyncClient):
+    """An ``httpx.AsyncClient`` that only connects where its guard allows."""
+
+    def __init__(self, guard: OutboundGuard, *, timeout: float,
+                 max_connections: int | None = None,
+                 verify: ssl.SSLContext | bool = True) -> None:
+        limits = httpx.Limits(max_connections=max_connections)
+        # NOTE: a jar whose policy allows no domain stores no cookie: one job's (or one
+        # receiver's) cookies never ride along on another's requests.
+        super().__init__(
+            transport=GuardedTransport(guard.connectable, verify=verify, limits=limits),
+            cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
+            timeout=timeout, follow_redirects=False, trust_env=False)
+        self.guard = guard
+
+
+def outbound_client(allowed: Iterable[str], *, timeout: float,
+                    max_connections: int | None = None) -> OutboundClient:
+    """The client for callers' URLs: guarded by ``allowed``, no cookies, no redirects."""
+    return OutboundClient(OutboundGuard(allowed), timeout=timeout,
+                          max_connections=max_connections)
 
 
 @dataclass(frozen=True)
@@ -149,31 +163,37 @@ class Fetched:
 async def fetch(client: httpx.AsyncClient, guard: OutboundGuard, url: str, *,
                 max_bytes: int, max_redirects: int, timeout_seconds: float,
                 headers: dict[str, str] | None = None) -> Fetched:
-    """GET a caller's URL: every hop checked and pinned, at most ``max_bytes`` read.
+    """GET a caller's URL: every hop checked, at most ``max_bytes`` read.
 
+    ``guard`` checks each hop's syntax and literal address; the client's transport
+    checks the addresses it connects to. A client that is not an
+    :class:`OutboundClient` is not trusted to do that: a one-off guarded one is used.
     A refused hop (an internal address, even behind a redirect) is a PermanentError:
     retrying cannot make it allowed.
     """
-    for _ in range(max_redirects + 1):
-        try:
-            target = await guard.check(url)
-        except UrlRefused as exc:
-            raise PermanentError(f"refused: {exc.message}") from None
-        pinned, host, extensions = target.pinned_request()
-        async with client.stream("GET", pinned, headers={**(headers or {}), **host},
-                                 extensions=extensions, timeout=timeout_seconds,
-                                 follow_redirects=False) as response:
-            if response.is_redirect:
-                url = str(target.url.join(response.headers["location"]))
-                continue
-            body = bytearray()
-            truncated = False
-            async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) > max_bytes:
-                    del body[max_bytes:]
-                    truncated = True
-                    break
-            return Fetched(str(target.url), response.status_code, response.headers,
-                           bytes(body), truncated)
+    if not isinstance(client, OutboundClient):
+        async with OutboundClient(guard, timeout=timeout_seconds) as own:
+            return await fetch(own, guard, url, max_bytes=max_bytes,
+                               max_redirects=max_redirects,
+                               timeout_seconds=timeout_seconds, headers=headers)
+    try:
+        for _ in range(max_redirects + 1):
+            target = guard.check_literal(url)
+            async with client.stream("GET", target, headers=headers,
+                                     timeout=timeout_seconds) as response:
+                if response.is_redirect:
+                    url = str(target.join(response.headers["location"]))
+                    continue
+                body = bytearray()
+                truncated = False
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > max_bytes:
+                        del body[max_bytes:]
+                        truncated = True
+                        break
+                return Fetched(str(target), response.status_code, response.headers,
+                               bytes(body), truncated)
+    except UrlRefused as exc:
+        raise PermanentError(f"refused: {exc.message}") from None
     raise PermanentError(f"more than {max_redirects} redirects")

@@ -1,28 +1,38 @@
 """The notifier: turns job events into webhook deliveries.
 
 Pub/sub is the doorbell (an event was published: look at that job's outbox now); the
-sweep is the safety net (every few seconds, every outbox that is due), so events
-published while no notifier listened, or lost on the way, are still delivered.
+sweep is the safety net, so events published while no notifier listened, or lost on the
+way, are still delivered. Between sweeps the notifier sleeps until the earliest due
+outbox (a scheduled retry, by this notifier or another), but never longer than the
+sweep interval; a retry scheduled here while it sleeps wakes it early. So retries go
+out on their schedule, not on the next periodic sweep.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
+import httpx
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import PyMongoError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from services.runtime import Stores
 from shared.clock import RedisClock
 from shared.logs import get_log
+from shared.settings import Settings
 from webhooks.delivery import OutboxDeliverer
+from webhooks.sender import Sender, attempt_deadline
 
 log = get_log(__name__)
 SWEEP_BATCH = 500
+MIN_WAIT_SECONDS = 0.01
 
 
 @dataclass
@@ -36,6 +46,9 @@ class Notifier:
     concurrency: int
     _active: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     _again: set[str] = field(default_factory=set)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _sleep_until: float = 0.0
+    """Redis-clock time the sweep loop sleeps until."""
 
     def __post_init__(self) -> None:
         self._slots = asyncio.Semaphore(self.concurrency)
@@ -48,14 +61,21 @@ class Notifier:
         task = asyncio.create_task(self._deliver(job_id), name=f"deliver:{job_id}")
         self._active[job_id] = task
 
+    def due_at(self, moment: datetime) -> None:
+        """An outbox is due at ``moment``: wake the sweep loop early if it sleeps past it."""
+        if moment.timestamp() < self._sleep_until:
+            self._wake.set()
+
     async def _deliver(self, job_id: str) -> None:
         try:
             while True:
                 self._again.discard(job_id)
                 async with self._slots:
-                    await self.deliverer.deliver(job_id)
+                    next_due = await self.deliverer.deliver(job_id)
                 if job_id not in self._again:
-                    return
+                    break
+            if next_due is not None:
+                self.due_at(next_due)
         except (PyMongoError, OSError) as exc:
             log.warning("notifier.delivery_deferred", jobId=job_id, error=str(exc))
         finally:
@@ -86,19 +106,50 @@ class Notifier:
             self.ring(doc["_id"])
         return len(due)
 
+    async def _seconds_to_next_due(self) -> float:
+        """Until the earliest outbox due in the future, at most the sweep interval."""
+        nxt = await self.jobs.find_one({"outbox_due_at": {"$gt": self.clock.now()}},
+                                       {"outbox_due_at": 1}, sort=[("outbox_due_at", 1)])
+        wait = self.sweep_interval_seconds
+        if nxt is not None:
+            wait = min(wait, nxt["outbox_due_at"].timestamp() - self.clock.timestamp())
+        return max(MIN_WAIT_SECONDS, wait)
+
     async def run(self, stop: asyncio.Event) -> None:
         listener = asyncio.create_task(self.listen(), name="doorbell")
         try:
             while not stop.is_set():
+                # NOTE: from here until the sleep starts, any newly due outbox wakes it.
+                self._wake.clear()
+                self._sleep_until = math.inf
+                wait = self.sweep_interval_seconds
                 try:
                     await self.sweep()
+                    wait = await self._seconds_to_next_due()
                 except (PyMongoError, OSError) as exc:
                     log.warning("notifier.sweep_failed", error=str(exc))
-                try:
-                    await asyncio.wait_for(stop.wait(), self.sweep_interval_seconds)
-                except TimeoutError:
-                    pass
+                self._sleep_until = self.clock.timestamp() + wait
+                stopping = asyncio.create_task(stop.wait())
+                woken = asyncio.create_task(self._wake.wait())
+                await asyncio.wait([stopping, woken], timeout=wait,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                for task in (stopping, woken):
+                    task.cancel()
         finally:
             listener.cancel()
             await asyncio.gather(listener, return_exceptions=True)
             await asyncio.gather(*self._active.values(), return_exceptions=True)
+
+
+def make_notifier(settings: Settings, stores: Stores, client: httpx.AsyncClient,
+                  keys: list[bytes]) -> Notifier:
+    """A notifier sending through ``client`` (an OutboundClient guarded by
+    ``webhook_allowed_hosts``), signing with ``keys``."""
+    sender = Sender(client, keys, attempt_deadline(settings.webhook_timeout_seconds,
+                                                   settings.webhook_lease_seconds))
+    deliverer = OutboxDeliverer(stores.jobs, stores.deliveries, sender, stores.clock,
+                                settings.webhook_retry_schedule,
+                                settings.webhook_lease_seconds)
+    return Notifier(stores.jobs, deliverer, stores.redis, stores.queue.keys.events_channel,
+                    stores.clock, settings.webhook_sweep_interval_seconds,
+                    settings.webhook_concurrency)

@@ -14,6 +14,7 @@ import pytest
 from standardwebhooks import Webhook
 
 from services.runtime import Stores
+from shared.settings import Settings
 from tests.receiver import Receiver, receiver
 from tests.support import TEST_WEBHOOK_SECRET, submit_many, wait_finished, wait_until
 
@@ -122,12 +123,14 @@ async def test_always_failing_receiver_gets_the_scheduled_attempts(
 
 
 async def test_retry_after_is_honoured_and_410_stops_delivery(
-        services: Any, stores: Stores, hooks: Receiver) -> None:
+        services: Any, stores: Stores, settings: Settings, hooks: Receiver) -> None:
     slow = hooks.on("/busy", (429, {"retry-after": "1"}, b""), 204)
     gone = hooks.on("/gone", 410)
     api = services("api")
     services("worker")
-    services("notifier")
+    # Retry-After is honoured up to the schedule's longest wait (here 2 s).
+    services("notifier", with_settings=settings.model_copy(
+        update={"webhook_retry_schedule": [0.2, 2]}))
     async with httpx.AsyncClient(base_url=api.url) as client:
         await client.post("/jobs", json={"jobType": "echo", "payload": {"text": "x"},
                                          "callbackUrl": slow,
