@@ -3,6 +3,7 @@
     JobQueueError
     ├── HandlerOutcome            raised by job handlers to steer retries
     │   ├── PermanentError        fail now, do not retry
+    │   │   └── ResultTooLarge    the result is over JOBQUEUE_MAX_RESULT_BYTES or not storable
     │   └── Retry                 retry after a chosen delay
     ├── JobTimeout                a run exceeded its timeoutSeconds
     ├── InvalidSignature          a webhook's signature, timestamp or headers do not verify
@@ -29,6 +30,12 @@ class HandlerOutcome(JobQueueError):
 
 class PermanentError(HandlerOutcome):
     """The job cannot succeed by trying again: it is FAILED at once."""
+
+
+class ResultTooLarge(PermanentError):
+    """A handler returned a result over ``JOBQUEUE_MAX_RESULT_BYTES`` (or one MongoDB
+    cannot store): the job fails without retrying, since a rerun returns the same.
+    Store big outputs as artifacts (``ctx.artifacts.save``) and return a reference."""
 
 
 class Retry(HandlerOutcome):

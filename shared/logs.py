@@ -70,6 +70,9 @@ class Log:
     def error(self, event: str, **fields: Any) -> None:
         self._log(logging.ERROR, event, False, fields)
 
+    def critical(self, event: str, **fields: Any) -> None:
+        self._log(logging.CRITICAL, event, True, fields)
+
     def exception(self, event: str, **fields: Any) -> None:
         self._log(logging.ERROR, event, True, fields)
 

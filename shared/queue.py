@@ -3,8 +3,8 @@
 Ready jobs wait in one stream per priority, read through the consumer group ``workers``.
 A worker's entries stay pending (owned) until their outcome is in MongoDB; only then are
 they acknowledged and deleted. Delayed jobs wait in a sorted set scored by run time.
-The ``held`` set names the jobs that have a stream entry, so the reconciler can tell
-which jobs Redis has lost.
+The ``held`` hash names, per job, its newest stream entry, so the reconciler can tell
+which jobs Redis has lost (no entry, or an entry that is no longer in its stream).
 """
 
 from __future__ import annotations
@@ -50,12 +50,22 @@ class Enqueue:
 
 @dataclass(frozen=True)
 class Settle:
-    """What to do in Redis once a run's outcome is stored."""
+    """What to do in Redis once a run's outcome is stored: acknowledge and delete its
+    entry (``held`` forgets the job only while it names this entry), and park a retry."""
 
     delivery: Delivery
-    release: bool = True
-    """Drop the job from ``held``: false when another entry may still own it."""
     retry_at_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A job MongoDB says must be waiting in Redis, for :meth:`RedisQueue.lost`."""
+
+    job_id: str
+    priority: Priority
+    claim: str | None = None
+    """For a PROCESSING job: the entry its run claimed."""
+    delayed: bool = False
 
 
 def scheduled_member(job_id: str, priority: Priority | str) -> str:
@@ -72,6 +82,8 @@ class RedisQueue:
         self.keys = keys
         self._stream_priority = {keys.stream(p): p for p in PRIORITIES_IN_READ_ORDER}
         self._read = _script(redis, "read")
+        self._enqueue = _script(redis, "enqueue")
+        self._settle = _script(redis, "settle")
         self._promote = _script(redis, "promote")
         self._claim_stale = _script(redis, "claim_stale")
         self._requeue = _script(redis, "requeue")
@@ -91,22 +103,23 @@ class RedisQueue:
 
     # -- producers ------------------------------------------------------------------------
 
+    def _stream_index(self, priority: Priority | str) -> int:
+        return PRIORITIES_IN_READ_ORDER.index(Priority(priority)) + 1
+
+    def _queue_keys(self) -> list[str]:
+        return [*self.keys.streams(), self.keys.scheduled, self.keys.held]
+
     async def enqueue(self, jobs: Sequence[Enqueue], events: Iterable[str] = ()) -> None:
         """Add jobs to their streams (or the delayed set) and ring the event doorbell, in
         one atomic round trip."""
-        pipe = self.redis.pipeline(transaction=True)
+        events = list(events)
+        if not jobs and not events:
+            return
+        args: list[Any] = [self.keys.events_channel, len(jobs)]
         for job in jobs:
-            if job.run_at_ms is None:
-                fields: dict[Any, Any] = {"job": job.job_id,
-                                          **({"prev": job.prev} if job.prev else {})}
-                pipe.xadd(self.keys.stream(job.priority), fields)
-                pipe.sadd(self.keys.held, job.job_id)
-            else:
-                pipe.zadd(self.keys.scheduled,
-                          {scheduled_member(job.job_id, job.priority): job.run_at_ms})
-        for event in events:
-            pipe.publish(self.keys.events_channel, event)
-        await pipe.execute()
+            args += [self._stream_index(job.priority), job.job_id, job.prev or "",
+                     "" if job.run_at_ms is None else job.run_at_ms]
+        await self._enqueue(keys=self._queue_keys(), args=[*args, *events])
 
     async def publish(self, events: Iterable[str]) -> None:
         events = list(events)
@@ -168,20 +181,15 @@ class RedisQueue:
         """Acknowledge and delete finished entries, park retries in the delayed set and
         publish the events, in one atomic round trip. Call only after MongoDB has the
         outcome."""
-        pipe = self.redis.pipeline(transaction=True)
+        events = list(events)
+        if not settles and not events:
+            return
+        args: list[Any] = [CONSUMER_GROUP, self.keys.events_channel, len(settles)]
         for s in settles:
             d = s.delivery
-            if s.retry_at_ms is not None:
-                pipe.zadd(self.keys.scheduled,
-                          {scheduled_member(d.job_id, d.priority): s.retry_at_ms})
-            stream = self.keys.stream(d.priority)
-            pipe.xack(stream, CONSUMER_GROUP, d.entry_id)
-            pipe.xdel(stream, d.entry_id)
-            if s.release:
-                pipe.srem(self.keys.held, d.job_id)
-        for event in events:
-            pipe.publish(self.keys.events_channel, event)
-        await pipe.execute()
+            args += [self._stream_index(d.priority), d.entry_id, d.job_id,
+                     "" if s.retry_at_ms is None else s.retry_at_ms]
+        await self._settle(keys=self._queue_keys(), args=[*args, *events])
 
     async def request_cancel(self, job_id: str) -> None:
         await self.redis.publish(self.keys.cancel_channel, job_id)
@@ -208,25 +216,27 @@ class RedisQueue:
         if members:
             await self.redis.zrem(self.keys.scheduled, *members)
 
-    async def claim_stale(self, min_idle_ms: int, count: int) -> list[Delivery]:
-        """Take over entries idle past ``min_idle_ms`` (their worker died)."""
-        stale: list[Delivery] = []
-        for stream, priority in self._stream_priority.items():
-            try:
-                rows = await self._claim_stale(
-                    keys=[stream], args=[CONSUMER_GROUP, RECLAIMER, min_idle_ms, count])
-            except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                await self.ensure_groups()
-                continue
-            for entry_id, flat in rows:
-                fields = dict(zip(flat[::2], flat[1::2], strict=True))
-                stale.append(Delivery(entry_id=entry_id, priority=priority,
-                                      job_id=fields["job"],
-                                      deliveries=int(fields.get("n", 1)),
-                                      prev=fields.get("prev")))
-        return stale
+    async def claim_stale(self, priority: Priority, cursor: str, min_idle_ms: int,
+                          count: int) -> tuple[str, list[Delivery]]:
+        """Take over up to ``count`` entries of one stream idle past ``min_idle_ms`` (their
+        worker died), scanning its pending entries from ``cursor``; return the cursor of
+        the next page ("0-0" once the scan went round) and the entries."""
+        stream = self.keys.stream(priority)
+        try:
+            cursor, rows = await self._claim_stale(
+                keys=[stream], args=[CONSUMER_GROUP, RECLAIMER, min_idle_ms, count, cursor])
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self.ensure_groups()
+            return "0-0", []
+        stale = []
+        for entry_id, flat in rows:
+            fields = dict(zip(flat[::2], flat[1::2], strict=True))
+            stale.append(Delivery(entry_id=entry_id, priority=priority,
+                                  job_id=fields["job"], deliveries=int(fields.get("n", 1)),
+                                  prev=fields.get("prev")))
+        return cursor, stale
 
     async def requeue(self, deliveries: Sequence[Delivery]) -> int:
         """Hand claimed stale entries back to the workers as fresh entries; each names in
@@ -235,26 +245,50 @@ class RedisQueue:
             return 0
         args: list[Any] = [CONSUMER_GROUP]
         for d in deliveries:
-            args += [PRIORITIES_IN_READ_ORDER.index(d.priority) + 1, d.entry_id, d.job_id,
+            args += [self._stream_index(d.priority), d.entry_id, d.job_id,
                      d.deliveries, d.prev or ""]
-        return int(await self._requeue(keys=self.keys.streams(), args=args))
+        return int(await self._requeue(keys=[*self.keys.streams(), self.keys.held],
+                                       args=args))
 
-    async def missing(self, queued: Sequence[str],
-                      scheduled: Sequence[tuple[str, Priority]]) -> tuple[list[str], list[str]]:
-        """Which of these QUEUED job ids have no stream entry, and which SCHEDULED jobs
-        are not in the delayed set."""
+    async def lost(self, waiting: Sequence[Waiting]) -> list[Waiting]:
+        """Which of these jobs Redis does not hold, in two pipelined round trips.
+
+        A delayed job is lost when it is not in the delayed set. A ready (QUEUED) job is
+        lost when no entry of its is in its stream; a PROCESSING job when neither its
+        newest entry nor the entry its run claimed is (an entry stays in the stream
+        until it is settled, pending or not).
+        """
+        if not waiting:
+            return []
         pipe = self.redis.pipeline(transaction=False)
-        if queued:
-            pipe.smismember(self.keys.held, list(queued))
-        if scheduled:
-            pipe.zmscore(self.keys.scheduled,
-                         [scheduled_member(j, p) for j, p in scheduled])
-        replies: list[Any] = await pipe.execute() if (queued or scheduled) else []
-        lost_queued = ([j for j, held in zip(queued, replies.pop(0), strict=True) if not held]
-                       if queued else [])
-        lost_scheduled = ([j for (j, _), score in zip(scheduled, replies.pop(0), strict=True)
-                           if score is None] if scheduled else [])
-        return lost_queued, lost_scheduled
+        for w in waiting:
+            if w.delayed:
+                pipe.zscore(self.keys.scheduled, scheduled_member(w.job_id, w.priority))
+            else:
+                pipe.hget(self.keys.held, w.job_id)
+        first: list[Any] = await pipe.execute()
+        probes: list[tuple[Waiting, list[str]]] = []
+        lost = []
+        for w, reply in zip(waiting, first, strict=True):
+            if w.delayed:
+                if reply is None:
+                    lost.append(w)
+                continue
+            entries = [e for e in (reply, w.claim) if e]
+            if entries:
+                probes.append((w, entries))
+            else:
+                lost.append(w)
+        pipe = self.redis.pipeline(transaction=False)
+        for w, entries in probes:
+            for entry in entries:
+                pipe.xrange(self.keys.stream(w.priority), entry, entry)
+        found: list[Any] = await pipe.execute() if probes else []
+        for w, entries in probes:
+            present = [found.pop(0) for _ in entries]
+            if not any(present):
+                lost.append(w)
+        return lost
 
     async def hold_leadership(self, token: str, lease_ms: int) -> bool:
         return bool(await self._leader(keys=[self.keys.leader], args=[token, lease_ms]))

@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     visibility_timeout_seconds: float = Field(30.0, gt=0)
     shutdown_grace_seconds: float = Field(25.0, ge=0)
     max_deliveries: int = Field(5, gt=0)
+    max_result_bytes: int = Field(1024 * 1024, gt=0, le=8 * 1024 * 1024)
 
     # Scheduler
     promote_interval_seconds: float = Field(0.1, gt=0)
@@ -58,6 +59,8 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: float = Field(10.0, gt=0)
     reconcile_grace_seconds: float = Field(5.0, ge=0)
     leader_ttl_seconds: float = Field(5.0, gt=0)
+    reclaim_page_size: int = Field(100, gt=0)
+    reconcile_page_size: int = Field(1000, gt=0)
 
     # Webhooks
     webhook_secret: str | None = None

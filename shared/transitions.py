@@ -29,7 +29,9 @@ ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
     S.QUEUED: frozenset({S.PROCESSING, S.CANCELLED}),
     S.SCHEDULED: frozenset({S.QUEUED, S.CANCELLED}),
     # PROCESSING -> PROCESSING: a redelivered run takes over from a worker that died.
-    S.PROCESSING: frozenset({S.PROCESSING, S.COMPLETED, S.SCHEDULED, S.FAILED, S.CANCELLED}),
+    # PROCESSING -> QUEUED: a worker stopping gracefully hands back a run it interrupted.
+    S.PROCESSING: frozenset({S.PROCESSING, S.QUEUED, S.COMPLETED, S.SCHEDULED, S.FAILED,
+                             S.CANCELLED}),
     S.COMPLETED: frozenset(),
     S.FAILED: frozenset({S.QUEUED}),
     S.CANCELLED: frozenset({S.QUEUED}),
@@ -87,7 +89,7 @@ def wants_webhook(doc: Doc, status: JobStatus) -> bool:
 def _plan(doc: Doc, to: JobStatus, now: datetime, *, attempt: int | None = None,
           changes: Doc | None = None, increments: dict[str, int] | None = None,
           data: Doc | None = None, error: ErrorInfo | None = None,
-          worker_id: str | None = None) -> Transition:
+          worker_id: str | None = None, note: Doc | None = None) -> Transition:
     current = JobStatus(doc["status"])
     if to not in ALLOWED[current]:
         raise Conflict(f"a {current.value} job cannot become {to.value}",
@@ -100,6 +102,7 @@ def _plan(doc: Doc, to: JobStatus, now: datetime, *, attempt: int | None = None,
                     "worker_id": worker_id}
     if error is not None:
         history["error"] = error.model_dump()
+    history.update(note or {})
     return Transition(job_id=doc["_id"], expected_status=current,
                       expected_seq=doc.get("seq", 0), event=event,
                       changes=changes or {}, increments=increments or {}, history=history,
@@ -133,17 +136,21 @@ def new_job(fields: Doc, now: datetime) -> tuple[Doc, Event]:
     return doc, event
 
 
-def claim(doc: Doc, *, entry_id: str, worker_id: str, now: datetime) -> Transition:
+def claim(doc: Doc, *, entry_id: str, worker_id: str, now: datetime,
+          solo: bool = False) -> Transition:
     """A run starts: QUEUED -> PROCESSING, owned by stream entry ``entry_id``.
 
     For a PROCESSING job this is a takeover: the reclaimer re-added the entry of a run
     whose worker died, naming that run's claim (see queue.Delivery.prev), and the new
-    run replaces it. The attempt counts up either way.
+    run replaces it. The attempt counts up either way. ``solo`` records in the history
+    that the run had its worker to itself (a suspect after earlier deaths): only such
+    runs that die count towards the poison-pill cap (see scheduler.solo_deaths).
     """
     attempt = doc.get("attempt", 0) + 1
     redelivered = JobStatus(doc["status"]) is S.PROCESSING
     return _plan(doc, S.PROCESSING, now, attempt=attempt, worker_id=worker_id,
                  data={"redelivered": True} if redelivered else None,
+                 note={"solo": True} if solo else None,
                  changes={"claim": entry_id, "worker_id": worker_id, "started_at": now,
                           "attempt": attempt})
 
@@ -152,19 +159,23 @@ def complete(doc: Doc, result: Any, now: datetime, *, worker_id: str | None = No
              extra: Doc | None = None) -> Transition:
     return _plan(doc, S.COMPLETED, now, worker_id=worker_id, data={"result": result},
                  changes={"result": result, "error": None, "finished_at": now,
-                          "claim": None, **(extra or {})})
+                          "claim": None, "cancel_requested": False, **(extra or {})})
 
 
 def fail(doc: Doc, error: ErrorInfo, now: datetime, *,
          worker_id: str | None = None) -> Transition:
     return _plan(doc, S.FAILED, now, worker_id=worker_id, error=error,
                  data={"error": error.model_dump(exclude={"traceback"})},
-                 changes={"error": error.model_dump(), "finished_at": now, "claim": None})
+                 changes={"error": error.model_dump(), "finished_at": now, "claim": None,
+                          "cancel_requested": False})
 
 
 def retry_later(doc: Doc, error: ErrorInfo, run_at: datetime, now: datetime, *,
                 worker_id: str | None = None) -> Transition:
-    """PROCESSING -> SCHEDULED: the attempt failed and waits out its backoff."""
+    """PROCESSING -> SCHEDULED: the attempt failed and waits out its backoff.
+
+    NOTE: ``cancel_requested`` is kept, not cleared: a cancel that landed after the worker
+    last looked is then honoured when the retry is claimed (see worker.claiming)."""
     return _plan(doc, S.SCHEDULED, now, worker_id=worker_id, error=error,
                  data={"runAt": run_at.isoformat(),
                        "error": error.model_dump(exclude={"traceback"})},
@@ -182,26 +193,39 @@ def requeue(doc: Doc, now: datetime) -> Transition:
     retry, which grants the job a fresh set of retries)."""
     changes: Doc = {"run_at": None}
     if JobStatus(doc["status"]) in (S.FAILED, S.CANCELLED):
-        changes.update({"retries": 0, "error": None, "result": None, "finished_at": None})
+        changes.update({"retries": 0, "error": None, "result": None, "finished_at": None,
+                        "cancel_requested": False})
     return _plan(doc, S.QUEUED, now, changes=changes)
 
 
-async def apply(jobs: AsyncCollection[Doc], transitions: list[Transition]) -> list[Transition]:
-    """Apply transitions in one round trip; return those that matched.
+def interrupt(doc: Doc, now: datetime, *, worker_id: str) -> Transition:
+    """PROCESSING -> QUEUED: a worker stopping gracefully gave up a run at the end of its
+    grace period. The run is recorded as interrupted, so it does not count as a death
+    towards the poison-pill cap, and the job is queued to run again at once."""
+    return _plan(doc, S.QUEUED, now, worker_id=worker_id, data={"interrupted": True},
+                 note={"interrupted": True}, changes={"claim": None})
 
-    A transition that matched nothing lost a race (the job moved on) and is dropped.
+
+async def apply(jobs: AsyncCollection[Doc], transitions: list[Transition]) -> list[Transition]:
+    """Apply transitions in one round trip; return those that are recorded.
+
+    A transition that matched nothing lost a race (the job moved on) and is dropped,
+    unless its event is already in the job's history: then an earlier send of the same
+    transition applied it and only the reply was lost.
     """
     if not transitions:
         return []
     if len(transitions) == 1:
         t = transitions[0]
-        result = await jobs.update_one(t.filter, t.update)
-        return transitions if result.matched_count else []
-    bulk = await jobs.bulk_write([UpdateOne(t.filter, t.update) for t in transitions],
-                                 ordered=False)
-    if bulk.matched_count == len(transitions):
+        matched = (await jobs.update_one(t.filter, t.update)).matched_count
+    else:
+        matched = (await jobs.bulk_write(
+            [UpdateOne(t.filter, t.update) for t in transitions], ordered=False)).matched_count
+    if matched == len(transitions):
         return transitions
-    # NOTE: bulk results only count matches; the recorded event ids say which applied.
+    # NOTE: the recorded event ids say which applied: bulk results only count matches,
+    # and a transition re-sent after its reply was lost (the first send applied it) no
+    # longer matches its filter, yet it is this writer's.
     recorded = {
         entry["event_id"]
         async for doc in jobs.find(

@@ -17,14 +17,15 @@ log = get_log(__name__)
 
 
 def guarded(step: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[None]]:
-    """A failing step (a store briefly down) is logged and tried again next interval."""
+    """A failing step (a store briefly down) is logged with its traceback and tried
+    again next interval."""
 
     async def run() -> None:
         try:
             await step()
         except Exception as exc:
-            log.warning("scheduler.step_failed", step=step.__name__, error=str(exc),
-                        errorType=type(exc).__name__)
+            log.exception("scheduler.step_failed", step=getattr(step, "__name__", "step"),
+                          error=str(exc), errorType=type(exc).__name__)
 
     return run
 

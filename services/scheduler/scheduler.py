@@ -8,9 +8,10 @@ only if this caller removed it from the delayed set.
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
@@ -19,24 +20,39 @@ from shared import transitions
 from shared.clock import RedisClock, to_ms
 from shared.logs import get_log
 from shared.models import ErrorInfo
-from shared.queue import Delivery, Enqueue, RedisQueue, Settle, member_job_id
+from shared.queue import Delivery, Enqueue, RedisQueue, Settle, Waiting, member_job_id
 from shared.settings import Settings
-from shared.status import JobStatus, Priority
+from shared.status import PRIORITIES_IN_READ_ORDER, JobStatus, Priority
 
 log = get_log(__name__)
 PROMOTE_BATCH = 500
-RECLAIM_BATCH = 100
-RECONCILE_BATCH = 5000
+DEATHS_SAFETY_FACTOR = 3
+"""A job whose runs died this many times ``max_deliveries`` in a row is failed even if
+none of them ran alone (a safety net; suspects normally run alone)."""
 
 
-def died_runs(doc: dict[str, Any]) -> int:
-    """How many runs in a row started (PROCESSING) without recording an outcome."""
-    died = 0
+def died_runs(doc: dict[str, Any]) -> tuple[int, int]:
+    """How many runs in a row started (PROCESSING) without recording an outcome, and how
+    many of those had their worker to themselves (``solo``).
+
+    NOTE: only solo deaths say much about the job itself: a run that shared its worker
+    may have died for a neighbour, and any run may die in an outside kill storm.
+    """
+    died = solo = 0
     for entry in reversed(doc.get("history", [])):
         if entry["status"] != JobStatus.PROCESSING:
             break
         died += 1
-    return died
+        solo += bool(entry.get("solo"))
+    return died, solo
+
+
+def is_poison(doc: dict[str, Any], max_deliveries: int) -> bool:
+    died, solo = died_runs(doc)
+    return solo >= max_deliveries or died >= max_deliveries * DEATHS_SAFETY_FACTOR
+
+
+ReconcileCursor = tuple[datetime, str] | None
 
 
 @dataclass
@@ -46,13 +62,28 @@ class Scheduler:
     queue: RedisQueue
     clock: RedisClock
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
-    is_leader: bool = False
+    lease_until: float = 0.0
+    """Monotonic time until which this instance's lease is known to hold."""
+    reclaim_cursors: dict[Priority, str] = field(default_factory=dict)
+    reconcile_cursors: dict[JobStatus, ReconcileCursor] = field(default_factory=dict)
+
+    @property
+    def is_leader(self) -> bool:
+        """True while the last successful renewal's lease lasts: a renewal that fails
+        (Redis slow or briefly away) does not drop leadership before the lease would."""
+        return time.monotonic() < self.lease_until
 
     async def lead(self) -> bool:
         """Acquire or renew the lease; every other step runs only while it is held."""
         was = self.is_leader
-        self.is_leader = await self.queue.hold_leadership(
-            self.token, int(self.settings.leader_ttl_seconds * 1000))
+        asked = time.monotonic()
+        ttl = self.settings.leader_ttl_seconds
+        if await self.queue.hold_leadership(self.token, int(ttl * 1000)):
+            # NOTE: counted from before the request, so we stop leading no later than
+            # Redis expires the lease.
+            self.lease_until = asked + ttl
+        else:
+            self.lease_until = 0.0
         if self.is_leader != was:
             log.info("scheduler.leadership", leader=self.is_leader, token=self.token)
         return self.is_leader
@@ -86,22 +117,29 @@ class Scheduler:
 
     async def reclaim(self) -> int:
         """Give the entries of dead workers (idle past the visibility timeout) back to the
-        queue, and FAIL poison pills: jobs whose last ``max_deliveries`` runs all died
-        before recording an outcome.
+        queue, and FAIL poison pills (see :func:`is_poison`). Each stream is scanned a
+        page per call from where the last call stopped, so dead workers' entries behind
+        many live ones are reached too.
 
         NOTE: runs are counted from the job's history, not from entry deliveries, so a
         job that merely sat unstarted in a crashed worker's hands is not counted.
         """
         if not self.is_leader:
             return 0
-        stale = await self.queue.claim_stale(
-            int(self.settings.visibility_timeout_seconds * 1000), RECLAIM_BATCH)
+        stale: list[Delivery] = []
+        for priority in PRIORITIES_IN_READ_ORDER:
+            cursor, page = await self.queue.claim_stale(
+                priority, self.reclaim_cursors.get(priority, "0-0"),
+                int(self.settings.visibility_timeout_seconds * 1000),
+                self.settings.reclaim_page_size)
+            self.reclaim_cursors[priority] = cursor
+            stale += page
         if not stale:
             return 0
         docs = {d["_id"]: d async for d in self.jobs.find(
             {"_id": {"$in": [s.job_id for s in stale]}},
             {"status": 1, "claim": 1, "seq": 1, "attempt": 1, "history": 1,
-             "callback_url": 1, "callback_events": 1})}
+             "callback_url": 1, "callback_events": 1, "callback_gone": 1})}
         requeue, poison, done = [], [], []
         for entry in stale:
             doc = docs.get(entry.job_id)
@@ -112,14 +150,14 @@ class Scheduler:
                   and doc.get("claim") in (entry.entry_id, entry.prev)):
                 # NOTE: an entry that was itself a requeue (prev = the claim) and died
                 # unstarted in a worker's hands still owns the job: keep it going.
-                if died_runs(doc) >= self.settings.max_deliveries:
+                if is_poison(doc, self.settings.max_deliveries):
                     poison.append((entry, doc))
                 else:
                     requeue.append(replace(entry, prev=doc["claim"]))
             else:
                 # Finished (its worker died before acknowledging), gone, or owned by
                 # another entry: nothing to run.
-                done.append(Settle(entry, release=status != JobStatus.PROCESSING))
+                done.append(Settle(entry))
         await self.queue.requeue(requeue)
         if requeue:
             log.warning("scheduler.reclaimed", entries=len(requeue),
@@ -132,8 +170,9 @@ class Scheduler:
         now = self.clock.now()
         error = ErrorInfo(
             type="PoisonPill",
-            message=f"{self.settings.max_deliveries} runs in a row died before recording "
-                    "an outcome (worker crashed or was killed); not retried")
+            message=f"{self.settings.max_deliveries} runs in a row, each alone on its "
+                    "worker, died before recording an outcome (worker crashed or was "
+                    "killed); not retried")
         applied = await transitions.apply(
             self.jobs, [transitions.fail(doc, error, now) for _, doc in poison])
         for t in applied:
@@ -143,33 +182,48 @@ class Scheduler:
 
     async def reconcile(self) -> int:
         """Put back what Redis lost (restart without persistence, FLUSHALL, an enqueue
-        that failed after the insert): MongoDB says what must be waiting."""
+        that failed after the insert, an entry acknowledged by mistake): MongoDB says
+        what must be waiting. Each call checks one page per active status, oldest
+        first, continuing from where the last call stopped and starting over after the
+        last page, so every job is reached however many wait in front of it."""
         if not self.is_leader:
             return 0
         await self.queue.ensure_groups()
         now = self.clock.now()
         cutoff = now - timedelta(seconds=self.settings.reconcile_grace_seconds)
         stale_run = now - timedelta(seconds=self.settings.visibility_timeout_seconds * 2)
-        projection = {"_id": 1, "priority": 1, "run_at": 1, "claim": 1}
-        # NOTE: hinted, since some servers' planners give up the index for the range.
-        waiting = {status: await self.jobs.find(
-            {"status": status.value, "updated_at": {"$lt": before}}, projection
-        ).sort([("created_at", 1), ("_id", 1)]).hint("status_created").limit(
-            RECONCILE_BATCH).to_list()
-            for status, before in ((JobStatus.QUEUED, cutoff), (JobStatus.SCHEDULED, cutoff),
-                                   (JobStatus.PROCESSING, stale_run))}
-        ready = waiting[JobStatus.QUEUED] + waiting[JobStatus.PROCESSING]
-        delayed = waiting[JobStatus.SCHEDULED]
-        lost_ready, lost_delayed = await self.queue.missing(
-            [d["_id"] for d in ready], [(d["_id"], Priority(d["priority"])) for d in delayed])
-        lost = set(lost_ready) | set(lost_delayed)
-        work = [Enqueue(d["_id"], Priority(d["priority"]), prev=d.get("claim"))
-                for d in ready if d["_id"] in lost]
-        work += [Enqueue(d["_id"], Priority(d["priority"]),
-                         run_at_ms=to_ms(d["run_at"]) if d.get("run_at") else 0)
-                 for d in delayed if d["_id"] in lost]
+        waiting: list[Waiting] = []
+        run_at: dict[str, Any] = {}
+        for status, before in ((JobStatus.QUEUED, cutoff), (JobStatus.SCHEDULED, cutoff),
+                               (JobStatus.PROCESSING, stale_run)):
+            for d in await self._reconcile_page(status, before):
+                waiting.append(Waiting(d["_id"], Priority(d["priority"]), claim=d.get("claim"),
+                                       delayed=status is JobStatus.SCHEDULED))
+                run_at[d["_id"]] = d.get("run_at")
+        lost = await self.queue.lost(waiting)
+        work = [Enqueue(w.job_id, w.priority, prev=w.claim,
+                        run_at_ms=(to_ms(run_at[w.job_id]) if run_at[w.job_id] else 0)
+                        if w.delayed else None)
+                for w in lost]
         if work:
             await self.queue.enqueue(work)
             log.warning("scheduler.reconciled", restored=len(work),
                         jobIds=[w.job_id for w in work[:20]])
         return len(work)
+
+    async def _reconcile_page(self, status: JobStatus, before: datetime
+                              ) -> list[dict[str, Any]]:
+        query: dict[str, Any] = {"status": status.value, "updated_at": {"$lt": before}}
+        cursor = self.reconcile_cursors.get(status)
+        if cursor is not None:
+            created, last_id = cursor
+            query["$or"] = [{"created_at": {"$gt": created}},
+                            {"created_at": created, "_id": {"$gt": last_id}}]
+        size = self.settings.reconcile_page_size
+        # NOTE: hinted, since some servers' planners give up the index for the range.
+        page = await self.jobs.find(
+            query, {"_id": 1, "priority": 1, "run_at": 1, "claim": 1, "created_at": 1}
+        ).sort([("created_at", 1), ("_id", 1)]).hint("status_created").limit(size).to_list()
+        self.reconcile_cursors[status] = (
+            (page[-1]["created_at"], page[-1]["_id"]) if len(page) == size else None)
+        return page

@@ -1,21 +1,26 @@
 """How a run ended, and the batched writer that records outcomes.
 
 Outcomes of runs that end close together are written with one MongoDB ``bulk_write``
-and settled in Redis with one pipeline, instead of two round trips per job. A run's
-entry is acknowledged only after its outcome is stored: while MongoDB is unreachable the
-recorder keeps retrying and acknowledges nothing.
+and settled in Redis with one script call, instead of two round trips per job. A run's
+entry is acknowledged only after its outcome is stored: while a store is unreachable the
+recorder keeps retrying (capped backoff) and acknowledges nothing. An outcome MongoDB
+refuses for good (a document over its size limit, say) is replaced by a FAILED outcome
+carrying that error, so the job settles instead of wedging the worker.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+from bson.errors import InvalidDocument
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import PyMongoError
-from redis.exceptions import RedisError
+from pymongo.errors import ConnectionFailure, ExecutionTimeout, PyMongoError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import transitions
 from shared.backoff import next_delay
@@ -28,6 +33,12 @@ from shared.settings import Settings
 from shared.status import JobStatus
 
 log = get_log(__name__)
+T = TypeVar("T")
+TRANSIENT = (ConnectionFailure, ExecutionTimeout, RedisConnectionError, RedisTimeoutError,
+             OSError)
+"""Errors of a store that did not answer: worth retrying. Anything else is final."""
+REFUSED = (PyMongoError, InvalidDocument, OverflowError)
+"""MongoDB refused the write itself (not transient): retrying cannot help."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +79,7 @@ def plan(doc: transitions.Doc, outcome: Outcome, job_type: JobType | None, setti
 @dataclass
 class _Pending:
     delivery: Delivery
+    doc: transitions.Doc
     transition: transitions.Transition
     done: asyncio.Future[bool]
 
@@ -82,27 +94,25 @@ class OutcomeRecorder:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="outcome-recorder")
-
-    async def stop(self) -> None:
-        """Wait until every recorded outcome is flushed, then stop."""
+    async def flushed(self) -> None:
+        """Wait until every recorded outcome is stored and settled."""
         await self._idle.wait()
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
 
-    async def record(self, delivery: Delivery, transition: transitions.Transition) -> bool:
-        """Store the outcome, then settle the entry; True if this run still owned the job."""
+    async def record(self, delivery: Delivery, doc: transitions.Doc,
+                     transition: transitions.Transition) -> bool:
+        """Store the outcome, then settle the entry; True if this run still owned the job.
+
+        ``doc`` is the job as the run saw it, to plan a FAILED outcome instead if MongoDB
+        refuses this one."""
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(delivery, transition, done))
+        self._pending.append(_Pending(delivery, doc, transition, done))
         self._idle.clear()
         self._wake.set()
         return await done
 
-    async def _run(self) -> None:
+    async def run(self) -> None:
+        """The recorder's loop; run it as a supervised task for the worker's lifetime."""
         while True:
             await self._wake.wait()
             await asyncio.sleep(self.tick_seconds)  # let outcomes ending together batch up
@@ -114,33 +124,53 @@ class OutcomeRecorder:
                 self._idle.set()
 
     async def _flush(self, batch: list[_Pending]) -> None:
-        applied = await _until_stored(
-            lambda: transitions.apply(self.jobs, [p.transition for p in batch]), "mongodb")
+        try:
+            applied = await until_stored(
+                lambda: transitions.apply(self.jobs, [p.transition for p in batch]),
+                "mongodb")
+        except REFUSED:
+            applied = [t for p in batch for t in await self._store_alone(p)]
         applied_ids = {t.event.id for t in applied}
         settles = []
         for p in batch:
             owned = p.transition.event.id in applied_ids
             retry_at = p.transition.changes.get("run_at") if owned else None
-            settles.append(Settle(p.delivery, release=owned,
+            settles.append(Settle(p.delivery,
                                   retry_at_ms=to_ms(retry_at) if retry_at else None))
             if not owned:
                 log.warning("job.claim_lost", jobId=p.delivery.job_id,
                             entry=p.delivery.entry_id)
         events = [t.event.to_json() for t in applied]
-        await _until_stored(lambda: self.queue.settle(settles, events), "redis")
+        await until_stored(lambda: self.queue.settle(settles, events), "redis")
         for p in batch:
             if not p.done.done():
                 p.done.set_result(p.transition.event.id in applied_ids)
 
+    async def _store_alone(self, p: _Pending) -> list[transitions.Transition]:
+        """Store one outcome on its own; if MongoDB refuses it, fail the job with the
+        reason instead (and if even that is refused, raise: the worker must stop)."""
+        try:
+            return await until_stored(lambda: transitions.apply(self.jobs, [p.transition]),
+                                      "mongodb")
+        except REFUSED as exc:
+            error = ErrorInfo(type="OutcomeNotStored",
+                              message=f"MongoDB refused the outcome: {exc}"[:1000])
+            log.error("job.outcome_refused", jobId=p.delivery.job_id, error=error.message)
+            p.transition = transitions.fail(p.doc, error, p.transition.event.at,
+                                            worker_id=p.transition.history.get("worker_id"))
+            return await until_stored(lambda: transitions.apply(self.jobs, [p.transition]),
+                                      "mongodb")
 
-async def _until_stored(write: Any, store: str) -> Any:
-    """Retry a write with capped backoff until it succeeds: an outcome is never dropped
-    and an entry is never acknowledged before its outcome is stored."""
+
+async def until_stored(write: Callable[[], Awaitable[T]], store: str) -> T:
+    """Retry a write with capped backoff while its store does not answer: an outcome is
+    never dropped and an entry never acknowledged before its outcome is stored. Errors
+    that are not about reaching the store propagate at once."""
     delay = 0.05
     while True:
         try:
             return await write()
-        except (PyMongoError, RedisError, OSError) as exc:
+        except TRANSIENT as exc:
             log.warning("store.unavailable", store=store, error=str(exc), retryInSeconds=delay)
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, 5.0)

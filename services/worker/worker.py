@@ -4,6 +4,10 @@ Entries are read from the streams in batches (as many as there are free slots), 
 to PROCESSING with one bulk conditional update, run as asyncio tasks, and recorded by
 the batched :class:`OutcomeRecorder`. An entry stays pending in the consumer group until
 its outcome is stored, and a heartbeat keeps it from being reclaimed while it runs.
+
+The recorder, the heartbeat and the cancel listener run in one ``asyncio.TaskGroup``
+with the claim loop: if any of them dies, the worker stops and ``run`` raises, so the
+process exits non-zero instead of living on wedged.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ import time
 import traceback
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
+import bson
 import httpx
 from pydantic import ValidationError
 from pydantic_core import to_jsonable_python
@@ -24,20 +30,26 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 
-from services.worker.outcomes import Outcome, OutcomeRecorder, plan
+from services.worker.claiming import Verdict, judge
+from services.worker.outcomes import Outcome, OutcomeRecorder, plan, until_stored
 from shared import transitions
 from shared.artifacts import ArtifactStore, JobArtifacts
 from shared.clock import RedisClock
-from shared.errors import JobTimeout, PermanentError, Retry
+from shared.errors import JobTimeout, PermanentError, ResultTooLarge, Retry
 from shared.jobtypes import JobContext, JobType
 from shared.logs import bound, get_log
 from shared.models import ErrorInfo
-from shared.queue import Delivery, RedisQueue, Settle
+from shared.queue import Delivery, Enqueue, RedisQueue, Settle
 from shared.settings import Settings
 from shared.status import PRIORITIES_IN_READ_ORDER, JobStatus
 
 log = get_log(__name__)
 TRACEBACK_TAIL_CHARS = 4000
+READ_BLOCK_MS = 1000
+SUSPECT_AFTER_DELIVERIES = 2
+"""An entry delivered more often than this (its job's runs died with their workers) is a
+suspect: it runs alone, so a poison pill cannot take neighbours down with it again."""
+HAND_BACK_SECONDS = 5.0
 
 
 def new_worker_id() -> str:
@@ -54,12 +66,35 @@ def _rank(delivery: Delivery) -> int:
     return PRIORITIES_IN_READ_ORDER.index(delivery.priority)
 
 
+def suspect(delivery: Delivery) -> bool:
+    return delivery.deliveries > SUSPECT_AFTER_DELIVERIES
+
+
+def checked_result(result: Any, max_bytes: int) -> Any:
+    """The handler's result as stored, or ResultTooLarge when it is over ``max_bytes`` or
+    cannot be stored in MongoDB at all (an integer over 64 bits, say)."""
+    stored = to_jsonable_python(result)
+    try:
+        size = len(bson.encode({"result": stored}))
+    except (bson.errors.InvalidDocument, OverflowError) as exc:
+        raise ResultTooLarge(f"the result cannot be stored: {exc}") from None
+    if size > max_bytes:
+        raise ResultTooLarge(
+            f"the result is {size} bytes, over the {max_bytes}-byte limit "
+            "(JOBQUEUE_MAX_RESULT_BYTES); save large output with ctx.artifacts.save")
+    return stored
+
+
 @dataclass
 class Running:
     delivery: Delivery
     doc: transitions.Doc
     task: asyncio.Task[None] | None = None
     cancel_requested: bool = False
+    in_handler: bool = False
+    """The handler has started: a cancel must interrupt it (before, the flag suffices)."""
+    interrupted: bool = False
+    """Cancelled by a graceful stop at the end of its grace period."""
 
 
 @dataclass
@@ -88,36 +123,46 @@ class Worker:
         self._slot_freed.set()
 
     async def run(self, *, burst: bool = False) -> None:
-        """Work until :meth:`stop`, or (burst) until the streams are empty."""
+        """Work until :meth:`stop`, or (burst) until the streams are empty.
+
+        Raises (an ExceptionGroup) if a helper task dies: the caller must not go on.
+        """
         await self.queue.ensure_groups()
         await self.clock.sync(self.queue.redis)
-        self.recorder.start()
         self.http = httpx.AsyncClient(timeout=self.settings.http_timeout_seconds,
                                       trust_env=False)
-        helpers = [asyncio.create_task(self._heartbeat(), name="heartbeat"),
-                   asyncio.create_task(self._listen_for_cancels(), name="cancels")]
         log.info("worker.started", workerId=self.worker_id, concurrency=self.concurrency,
                  jobTypes=sorted(self.registry))
         try:
-            await self._claim_loop(burst)
+            async with asyncio.TaskGroup() as group:
+                helpers = [group.create_task(self.recorder.run(), name="outcome-recorder"),
+                           group.create_task(self._heartbeat(), name="heartbeat"),
+                           group.create_task(self._listen_for_cancels(), name="cancels")]
+                await self._claim_loop(burst)
+                await self._drain()
+                await self.recorder.flushed()
+                for task in helpers:
+                    task.cancel()
+        except BaseExceptionGroup as exc:
+            log.critical("worker.helper_died", workerId=self.worker_id,
+                         error=repr(exc.exceptions[0]))
+            raise
         finally:
-            await self._drain()
-            for task in helpers:
-                task.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
-            await self.recorder.stop()
             await self.http.aclose()
-            log.info("worker.stopped", workerId=self.worker_id)
+        log.info("worker.stopped", workerId=self.worker_id)
 
     async def _drain(self) -> None:
-        tasks = [r.task for r in self.running.values() if r.task]
-        if not tasks:
+        runs = [r for r in self.running.values() if r.task]
+        if not runs:
             return
-        log.info("worker.draining", inFlight=len(tasks),
+        log.info("worker.draining", inFlight=len(runs),
                  graceSeconds=self.settings.shutdown_grace_seconds)
-        _, late = await asyncio.wait(tasks, timeout=self.settings.shutdown_grace_seconds)
-        for task in late:
-            task.cancel()  # NOTE: no outcome is written; the entry is reclaimed and rerun
+        _, late = await asyncio.wait([r.task for r in runs if r.task],
+                                     timeout=self.settings.shutdown_grace_seconds)
+        for run in runs:
+            if run.task in late:
+                run.interrupted = True  # handed back by _execute, not counted as a death
+                run.task.cancel()
         await asyncio.gather(*late, return_exceptions=True)
 
     # -- claiming ---------------------------------------------------------------------
@@ -125,20 +170,9 @@ class Worker:
     async def _claim_loop(self, burst: bool) -> None:
         pause = 0.05
         while not self.stopping.is_set():
-            free = self.concurrency - len(self.running)
             try:
-                if 0 < free and len(self.backlog) < free:
-                    block = None if burst or self.running else 1000
-                    fresh = await self.queue.read(self.worker_id, free - len(self.backlog),
-                                                  block)
-                    self.backlog = deque(sorted([*self.backlog, *fresh], key=_rank))
-                batch = self._take(free)
-                if batch:
-                    await self._start(batch)
-                elif self.running:
-                    self._slot_freed.clear()
-                    await self._slot_freed.wait()
-                elif burst and not self.backlog:
+                drained = await self._claim_step(burst)
+                if burst and drained and not self.running and not self.backlog:
                     return
                 pause = 0.05
             except (PyMongoError, RedisError, OSError) as exc:
@@ -147,21 +181,46 @@ class Worker:
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 5.0)
 
+    async def _claim_step(self, burst: bool) -> bool:
+        """Fill free slots; True when the streams had nothing more to give.
+
+        With free slots and nothing in hand, wait for whichever comes first, a new entry
+        (a blocking read) or a freed slot, never for a slot alone: a long job must not
+        idle the others."""
+        free = self.concurrency - len(self.running)
+        drained = False
+        if free > len(self.backlog):
+            block = None if burst or self.backlog else READ_BLOCK_MS
+            fresh = await self.queue.read(self.worker_id, free - len(self.backlog), block)
+            drained = not fresh
+            self.backlog = deque(sorted([*self.backlog, *fresh], key=_rank))
+        free = self.concurrency - len(self.running)
+        batch = self._take(free)
+        if batch:
+            await self._start(batch)
+            return False
+        # Full, or holding entries that must wait (a suspect runs alone), or a burst
+        # with nothing left to read: only a finished run can change anything.
+        if self.running and (free <= 0 or self.backlog or burst):
+            self._slot_freed.clear()
+            await self._slot_freed.wait()
+        return drained
+
     def _take(self, free: int) -> list[Delivery]:
         """The next entries to start, at most ``free``.
 
-        An entry delivered before (its worker died mid-run) is a suspect: it may be the
-        job that kills workers. It runs alone, once nothing else runs, so a poison pill
-        dies alone and the jobs that shared its first worker complete.
+        A suspect (its runs died with their workers more than once) may be the job that
+        kills workers. It runs alone, once nothing else runs, so a poison pill dies alone
+        and the jobs that shared its worker complete.
         """
-        if free <= 0 or any(r.delivery.deliveries > 1 for r in self.running.values()):
+        if free <= 0 or any(suspect(r.delivery) for r in self.running.values()):
             return []
-        suspect = next((d for d in self.backlog if d.deliveries > 1), None)
-        if suspect is not None:
+        first = next((d for d in self.backlog if suspect(d)), None)
+        if first is not None:
             if self.running:
                 return []
-            self.backlog.remove(suspect)
-            return [suspect]
+            self.backlog.remove(first)
+            return [first]
         return [self.backlog.popleft() for _ in range(min(free, len(self.backlog)))]
 
     async def _start(self, batch: list[Delivery]) -> None:
@@ -173,32 +232,38 @@ class Worker:
             raise
         now = self.clock.now()
         planned: list[tuple[Delivery, transitions.Transition, transitions.Doc]] = []
+        ours: list[tuple[Delivery, transitions.Doc]] = []
         skipped: list[Settle] = []
         for d in batch:
             doc = docs.get(d.job_id)
-            status = doc and JobStatus(doc["status"])
-            fresh = status is JobStatus.QUEUED and d.job_id not in self.running
-            takeover = (status is JobStatus.PROCESSING and d.prev is not None
-                        and doc is not None and doc["claim"] == d.prev)
-            if doc and (fresh or takeover):
-                t = transitions.claim(doc, entry_id=d.entry_id, worker_id=self.worker_id,
-                                      now=now)
+            verdict = judge(doc, d, d.job_id in self.running)
+            if verdict is Verdict.SKIP or doc is None:
+                skipped.append(Settle(d))
+            elif verdict is Verdict.OURS:
+                ours.append((d, doc))
+            elif verdict is Verdict.CANCEL:
+                planned.append((d, transitions.cancel(doc, now, worker_id=self.worker_id),
+                                doc))
             else:
-                # Cancelled, finished, or owned by another entry: nothing to run.
-                skipped.append(Settle(d, release=status is not JobStatus.PROCESSING))
-                continue
-            planned.append((d, t, doc))
+                planned.append((d, transitions.claim(doc, entry_id=d.entry_id,
+                                                     worker_id=self.worker_id, now=now,
+                                                     solo=suspect(d)), doc))
         try:
             applied = await transitions.apply(self.jobs, [t for _, t, _ in planned])
         except BaseException:
+            # NOTE: the claims may have applied with the reply lost: read again, the
+            # verdict is then OURS for each that did.
             self.backlog.extendleft(reversed(batch))
             raise
         applied_ids = {t.event.id for t in applied}
+        for d, doc in ours:
+            log.info("job.claim_recovered", jobId=d.job_id, entry=d.entry_id)
+            self._launch(d, doc)
         for d, t, doc in planned:
-            if t.event.id in applied_ids:
+            if t.event.id in applied_ids and t.event.status is JobStatus.PROCESSING:
                 self._launch(d, transitions.advanced(doc, t))
             else:
-                skipped.append(Settle(d, release=False))
+                skipped.append(Settle(d))  # cancelled here, or the job moved on
         await self.queue.settle(skipped, [t.event.to_json() for t in applied])
 
     def _launch(self, delivery: Delivery, doc: transitions.Doc) -> None:
@@ -216,7 +281,13 @@ class Worker:
                        workerId=self.worker_id):
                 log.info("job.started", retries=doc["retries"])
                 started = time.monotonic()
-                outcome = await self._outcome(run, job_type)
+                try:
+                    outcome = await self._outcome(run, job_type)
+                except asyncio.CancelledError:
+                    if not run.interrupted:
+                        raise
+                    await asyncio.shield(self._hand_back(run))
+                    return
                 duration_ms = round((time.monotonic() - started) * 1000, 2)
                 transition = plan(doc, outcome, job_type, self.settings, self.clock,
                                   self.worker_id)
@@ -225,10 +296,25 @@ class Worker:
                          **({"error": outcome.error.message} if outcome.error else {}))
                 # NOTE: shielded so a shutdown that cancels this task cannot lose an
                 # outcome that was already decided.
-                await asyncio.shield(self.recorder.record(run.delivery, transition))
+                await asyncio.shield(self.recorder.record(run.delivery, doc, transition))
         finally:
             self.running.pop(doc["_id"], None)
             self._slot_freed.set()
+
+    async def _hand_back(self, run: Running) -> None:
+        """A graceful stop interrupted this run: record that (it is not a death), queue
+        the job again at once and release the entry. Bounded: if the stores do not
+        answer in time the entry is left to be reclaimed."""
+        t = transitions.interrupt(run.doc, self.clock.now(), worker_id=self.worker_id)
+        try:
+            async with asyncio.timeout(HAND_BACK_SECONDS):
+                if await until_stored(lambda: transitions.apply(self.jobs, [t]), "mongodb"):
+                    await self.queue.enqueue(
+                        [Enqueue(t.job_id, run.delivery.priority)], [t.event.to_json()])
+                await self.queue.settle([Settle(run.delivery)])
+            log.warning("job.interrupted", jobId=t.job_id)
+        except (TimeoutError, RedisError, OSError) as exc:
+            log.warning("job.interrupt_not_recorded", jobId=t.job_id, error=str(exc))
 
     async def _outcome(self, run: Running, job_type: JobType | None) -> Outcome:
         doc = run.doc
@@ -236,30 +322,37 @@ class Worker:
             return Outcome(JobStatus.FAILED, error=ErrorInfo(
                 type="UnknownJobType",
                 message=f"no handler for job type {doc['job_type']!r} on this worker"))
+        if run.cancel_requested:
+            return Outcome(JobStatus.CANCELLED)
         timeout = doc.get("timeout_seconds") or self.settings.default_timeout_seconds
         ctx = JobContext(job_id=doc["_id"], job_type=doc["job_type"], attempt=doc["attempt"],
                          retries=doc["retries"], max_retries=doc["max_retries"],
                          worker_id=self.worker_id, log=get_log(f"jobs.{doc['job_type']}"),
                          settings=self.settings, http=self.http,
                          artifacts=JobArtifacts(self.artifacts, doc["_id"]))
+        deadline = None
         try:
             payload = job_type.payload.model_validate(doc["payload"],
                                                       context={"settings": self.settings})
+            run.in_handler = True
             async with asyncio.timeout(timeout) as deadline:
                 result = await job_type.run(payload, ctx)
-            return Outcome(JobStatus.COMPLETED, result=to_jsonable_python(result),
+            return Outcome(JobStatus.COMPLETED,
+                           result=checked_result(result, self.settings.max_result_bytes),
                            artifacts=tuple(ctx.artifacts.saved))
         except asyncio.CancelledError:
-            if run.cancel_requested:
+            if run.cancel_requested and not run.interrupted:
                 current = asyncio.current_task()
                 if current is not None:
                     current.uncancel()  # the cancel was the job's, not this worker's
                 return Outcome(JobStatus.CANCELLED)
             raise
-        except TimeoutError:
-            if deadline.expired():
-                exc = JobTimeout(f"timed out after {timeout:g}s")
-            return Outcome(JobStatus.FAILED, error=error_info(exc), retryable=True)
+        except TimeoutError as exc:
+            # NOTE: only the job's own deadline is a JobTimeout; a TimeoutError the
+            # handler raised (an SMTP or HTTP timeout) is an ordinary failure.
+            own_deadline = deadline is not None and deadline.expired()
+            failure = JobTimeout(f"timed out after {timeout:g}s") if own_deadline else exc
+            return Outcome(JobStatus.FAILED, error=error_info(failure), retryable=True)
         except Retry as exc:
             return Outcome(JobStatus.FAILED, error=error_info(exc), retryable=True,
                            retry_delay=exc.delay)
@@ -267,10 +360,24 @@ class Worker:
             return Outcome(JobStatus.FAILED, error=error_info(exc))
         except Exception as exc:
             return Outcome(JobStatus.FAILED, error=error_info(exc), retryable=True)
+        finally:
+            run.in_handler = False
+
+    def _cancel(self, run: Running) -> None:
+        """Cancel a run here: before its handler starts the flag suffices."""
+        if run.cancel_requested:
+            return
+        run.cancel_requested = True
+        run.doc["cancel_requested"] = True
+        if run.in_handler and run.task is not None:
+            run.task.cancel()
 
     # -- helpers ----------------------------------------------------------------------
 
     async def _heartbeat(self) -> None:
+        """Keep this worker's entries from being reclaimed, keep the clock in step, and
+        honour cancels whose pub/sub message was missed (the flag in MongoDB is the
+        truth)."""
         interval = self.settings.visibility_timeout_seconds / 3
         while True:
             await asyncio.sleep(interval)
@@ -280,6 +387,22 @@ class Worker:
                 await self.clock.sync(self.queue.redis)
             except (RedisError, OSError) as exc:
                 log.warning("worker.heartbeat_failed", error=str(exc))
+            await self._check_cancels()
+
+    async def _check_cancels(self) -> None:
+        ids = list(self.running)
+        if not ids:
+            return
+        try:
+            flagged = [d["_id"] async for d in self.jobs.find(
+                {"_id": {"$in": ids}, "cancel_requested": True}, {"_id": 1})]
+        except (PyMongoError, OSError) as exc:
+            log.warning("worker.cancel_check_failed", error=str(exc))
+            return
+        for job_id in flagged:
+            run = self.running.get(job_id)
+            if run is not None:
+                self._cancel(run)
 
     async def _listen_for_cancels(self) -> None:
         """Cancel a running handler when the API asks (POST /jobs/{id}/cancel)."""
@@ -289,9 +412,8 @@ class Worker:
                 await pubsub.subscribe(self.queue.keys.cancel_channel)
                 async for message in pubsub.listen():
                     run = self.running.get(message["data"])
-                    if run and run.task and not run.cancel_requested:
-                        run.cancel_requested = True
-                        run.task.cancel()
+                    if run is not None:
+                        self._cancel(run)
             except (RedisError, OSError) as exc:
                 log.warning("worker.cancel_listener_lost", error=str(exc))
                 await asyncio.sleep(1)

@@ -25,7 +25,7 @@ async def test_burst_worker_completes_jobs(api: httpx.AsyncClient, stores: Store
                                                               "COMPLETED"]
     # every entry is acknowledged and deleted once its outcome is stored
     assert await stores.redis.xlen(stores.queue.keys.stream("default")) == 0
-    assert await stores.redis.scard(stores.queue.keys.held) == 0
+    assert await stores.redis.hlen(stores.queue.keys.held) == 0
 
 
 async def test_high_priority_runs_first(api: httpx.AsyncClient, stores: Stores,
