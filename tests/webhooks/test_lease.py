@@ -47,7 +47,7 @@ async def test_a_lost_lease_changes_nothing(api: httpx.AsyncClient, stores: Stor
             b_task = asyncio.create_task(b.deliver(job))
             await wait_until(lambda: requests(hooks, 3), 10,
                              "B to deliver the first event and send the second")
-            held_by_b = (await stores.jobs.find_one({"_id": job}))["outbox_lease_owner"]
+            held_by_b = (await job_doc(stores, job))["outbox_lease_owner"]
 
             first_held.set()  # A's send finally returns 204, long after its lease
 
@@ -57,7 +57,7 @@ async def test_a_lost_lease_changes_nothing(api: httpx.AsyncClient, stores: Stor
             await wait_until(a_done_or_sent_again, 10, "A to finish")
             assert len(hooks.at("/hook")) == 3  # A sent nothing while B holds the outbox
             assert a_task.done() and a_task.result() is None
-            doc = await stores.jobs.find_one({"_id": job})
+            doc = await job_doc(stores, job)
             assert doc["outbox_lease_owner"] == held_by_b  # B's lease survived A's writes
             assert doc["outbox_lease_until"] > stores.clock.now()
 
@@ -71,9 +71,15 @@ async def test_a_lost_lease_changes_nothing(api: httpx.AsyncClient, stores: Stor
         assert sorted(records) == sorted([  # A's late attempt is recorded too
             ("job.queued", "delivered"), ("job.queued", "delivered"),
             ("job.processing", "delivered"), ("job.completed", "delivered")])
-        doc = await stores.jobs.find_one({"_id": job})
+        doc = await job_doc(stores, job)
         assert doc["outbox"] == [] and "outbox_lease_owner" not in doc
 
 
 async def requests(hooks: Any, n: int) -> bool:
     return len(hooks.at("/hook")) >= n
+
+
+async def job_doc(stores: Stores, job: str) -> dict[str, Any]:
+    doc = await stores.jobs.find_one({"_id": job})
+    assert doc is not None
+    return doc

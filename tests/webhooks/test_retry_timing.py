@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import httpx
@@ -29,7 +30,7 @@ async def test_retries_follow_the_schedule_with_a_long_sweep_interval(
 
         await wait_until(tried_thrice, 3 * MARGIN, "the first attempt and 2 retries")
         times = [r.at for r in hooks.at("/down")]
-        gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
+        gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
         for gap, scheduled in zip(gaps, SCHEDULE, strict=True):
             assert scheduled * 0.8 - 0.05 <= gap <= scheduled * 1.2 + MARGIN, gaps
 
