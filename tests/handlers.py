@@ -89,3 +89,27 @@ async def crash(payload: Recorded, ctx: JobContext) -> None:
 async def slow(payload: Recorded, ctx: JobContext) -> None:
     record(payload.path, ctx.job_id)
     await asyncio.sleep(payload.seconds)
+
+
+class Sized(BaseModel):
+    bytes: int
+
+
+@job_type("big_result", payload=Sized)
+async def big_result(payload: Sized, ctx: JobContext) -> dict[str, object]:
+    return {"blob": "x" * payload.bytes}
+
+
+@job_type("raises_timeout", payload=Recorded)
+async def raises_timeout(payload: Recorded, ctx: JobContext) -> None:
+    record(payload.path, ctx.job_id)
+    raise TimeoutError("the SMTP server did not answer in time")  # not the job's deadline
+
+
+@job_type("sleep_first", payload=Recorded)
+async def sleep_first(payload: Recorded, ctx: JobContext) -> dict[str, object]:
+    """Sleeps on its first attempt only (to be cancelled or interrupted), then finishes."""
+    record(payload.path, f"start {ctx.job_id} {ctx.attempt}")
+    if ctx.attempt == 1:
+        await asyncio.sleep(payload.seconds)
+    return {"attempt": ctx.attempt}
