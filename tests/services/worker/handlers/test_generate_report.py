@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import csv
 import io
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from openpyxl import load_workbook
+from PIL import Image
+from pydantic import ValidationError
 from pypdf import PdfReader
+
+from services.runtime import Stores
+from services.worker.handlers.generate_report import GenerateReport
 
 COLUMNS = ["Region", "Units", "Revenue"]
 ROWS = [["North", 12, 1050.5], ["South", 7, 610.0], ["East, coastal", None, 0]]
@@ -60,3 +67,65 @@ async def test_artifacts_are_deleted_with_their_job(api: httpx.AsyncClient,
     assert (await api.delete(f"/jobs/{doc['_id']}")).status_code == 204
     assert (await api.get(path)).status_code == 404
     assert (await api.get(f"/jobs/{doc['_id']}")).status_code == 404
+
+
+@pytest.mark.parametrize("title", ["A < B & C <Ops>", "<b>not bold</b> &amp; &#60;",
+                                   '<img src="/etc/passwd"/>'])
+async def test_pdf_title_prints_as_written(api: httpx.AsyncClient, run_job: Any,
+                                           title: str) -> None:
+    doc = await run_job("generateReport", {"format": "pdf", "title": title,
+                                           "columns": ["<Ops>"], "rows": [["<i>x</i> &"]]})
+    assert doc["status"] == "COMPLETED", doc.get("error")
+    page = PdfReader(io.BytesIO((await download(api, doc)).content)).pages[0]
+    text = page.extract_text()
+    assert title in text and "<Ops>" in text and "<i>x</i> &" in text, text
+
+
+async def test_pdf_title_cannot_embed_a_local_file(api: httpx.AsyncClient, run_job: Any,
+                                                   tmp_path: Path) -> None:
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (40, 40), "red").save(secret)
+    title = f'<img src="{secret}" width="40" height="40"/>'
+    doc = await run_job("generateReport", {"format": "pdf", "title": title,
+                                           "columns": ["a"], "rows": [[1]]})
+    assert doc["status"] == "COMPLETED", doc.get("error")
+    pdf = (await download(api, doc)).content
+    page = PdfReader(io.BytesIO(pdf)).pages[0]
+    assert list(page.images) == [] and b"/Subtype /Image" not in pdf
+    printed = "".join(page.extract_text().split())  # the long title wraps
+    assert "".join(title.split()) in printed
+
+
+def report(fmt: str, rows: int, columns: int, cell: Any = 1) -> dict[str, Any]:
+    return {"format": fmt, "title": "t", "columns": [f"c{i}" for i in range(columns)],
+            "rows": [[cell] * columns for _ in range(rows)]}
+
+
+@pytest.mark.parametrize(("payload", "why"), [
+    (report("pdf", 5_001, 1), "at most 5000 rows"),
+    (report("pdf", 1_000, 51), "at most 50000 cells"),
+    (report("xlsx", 2_501, 100), "at most 250000 cells"),
+    (report("pdf", 1, 1, "x" * 2_001), "at most 2000 characters"),
+])
+async def test_report_over_its_format_limits_is_422(api: httpx.AsyncClient, stores: Stores,
+                                                    payload: dict[str, Any],
+                                                    why: str) -> None:
+    r = await api.post("/jobs", json={"jobType": "generateReport", "payload": payload})
+    assert r.status_code == 422, r.text[:300]
+    details = r.json()["error"]["details"]
+    assert [d["field"] for d in details] == ["payload.rows"], details
+    assert why in details[0]["message"]
+    assert await stores.jobs.count_documents({}) == 0
+
+
+def test_report_text_is_bounded_in_bytes() -> None:
+    """Past the default body limit, so checked on the model: 1.2 MB of text in a PDF."""
+    with pytest.raises(ValidationError, match="bytes of text"):
+        GenerateReport.model_validate(report("pdf", 600, 1, "\u00e9" * 1_000))
+    GenerateReport.model_validate(report("xlsx", 600, 1, "\u00e9" * 1_000))
+
+
+async def test_what_pdf_refuses_csv_accepts(api: httpx.AsyncClient) -> None:
+    r = await api.post("/jobs", json={"jobType": "generateReport",
+                                      "payload": report("csv", 5_001, 1)})
+    assert r.status_code == 202, r.text[:300]
