@@ -74,6 +74,8 @@ class Job(Document):
     """When the notifier should next look at the outbox; unset when it is empty."""
     outbox_lease_until: datetime | None = None
     """A notifier delivering this job's events holds the outbox until then."""
+    outbox_lease_owner: str | None = None
+    """The holder's random token; every write under the lease filters on it."""
     callback_gone: bool = False
     """The callback answered 410 Gone: nothing more is sent to it."""
     claim: str | None = None
