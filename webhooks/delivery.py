@@ -68,7 +68,8 @@ class OutboxDeliverer:
              "$or": [{"outbox_lease_until": None}, {"outbox_lease_until": {"$lte": now}}]},
             {"$set": {"outbox_lease_until": now + timedelta(seconds=self.lease_seconds),
                       "outbox_lease_owner": owner}},
-            projection={"outbox": 1, "callback_url": 1}, return_document=ReturnDocument.AFTER)
+            projection={"outbox": {"$slice": 1}, "callback_url": 1},
+            return_document=ReturnDocument.AFTER)
         if doc is None:
             return False, None
         held = {"_id": job_id, "outbox_lease_owner": owner}
