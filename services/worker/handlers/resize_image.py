@@ -16,13 +16,16 @@ from typing import Any, Literal
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from services.worker.handlers.common import Payload, checked_url, described
+from services.worker.handlers.common import Payload, checked_url, described, settings_of
 from shared.jobtypes import JobContext, PermanentError, job_type
 from shared.outbound import OutboundGuard, fetch
 from shared.settings import Settings
 
 INPUT_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF"})
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
+MAX_OUTPUT_PIXELS = 25_000_000
+"""The largest output (100 MB as RGBA): checked at submit when both sides are given,
+and before resizing when one side is scaled from the input's aspect ratio."""
 
 
 class ResizeImage(Payload):
@@ -41,8 +44,13 @@ class ResizeImage(Payload):
 
     @field_validator("image_base64")
     @classmethod
-    def _is_base64(cls, data: str | None) -> str | None:
+    def _is_base64(cls, data: str | None, info: ValidationInfo) -> str | None:
         if data is not None:
+            settings = settings_of(info)
+            max_bytes = (settings.image_max_bytes if settings
+                         else Settings.model_fields["image_max_bytes"].default)
+            if len(data) > 4 * -(-max_bytes // 3):  # the base64 length of max_bytes
+                raise ValueError(f"the image is over {max_bytes} bytes")
             try:
                 base64.b64decode(data, validate=True)
             except (binascii.Error, ValueError):
@@ -57,6 +65,8 @@ class ResizeImage(Payload):
             raise ValueError("give width, height, or both")
         if self.mode != "fit" and (self.width is None or self.height is None):
             raise ValueError(f"mode {self.mode!r} needs both width and height")
+        if self.width and self.height and self.width * self.height > MAX_OUTPUT_PIXELS:
+            raise ValueError(f"width x height is at most {MAX_OUTPUT_PIXELS} pixels")
         return self
 
 
@@ -77,6 +87,9 @@ def resize(data: bytes, job: ResizeImage, max_pixels: int) -> tuple[bytes, str, 
         raise PermanentError(f"image data is damaged: {exc}") from None
     width = job.width or max(1, round(w * (job.height or h) / h))
     height = job.height or max(1, round(h * (job.width or w) / w))
+    if width * height > MAX_OUTPUT_PIXELS:  # one side given, the other scaled up
+        raise PermanentError(f"the output would be {width}x{height} pixels, over the "
+                             f"{MAX_OUTPUT_PIXELS} limit")
     if job.mode == "fit":
         out = ImageOps.contain(image, (width, height))
     elif job.mode == "fill":

@@ -7,7 +7,7 @@ The URL goes through the outbound guard at submit and again on every hop at fetc
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 from urllib.robotparser import RobotFileParser
 
 import httpx
@@ -24,7 +24,9 @@ ROBOTS_MAX_BYTES = 512 * 1024
 
 class ScrapeWebsite(Payload):
     url: str = Field(max_length=2048)
-    selectors: dict[str, str] = Field(default_factory=dict, max_length=50)
+    selectors: dict[Annotated[str, Field(max_length=100)],
+                    Annotated[str, Field(max_length=1000)]] = Field(default_factory=dict,
+                                                                    max_length=50)
     attribute: str | None = Field(None, max_length=100,
                                   description="extract this attribute instead of the text")
     max_bytes: int | None = Field(None, ge=1, le=100 * 1024 * 1024)

@@ -10,10 +10,15 @@ from email.utils import formatdate, make_msgid
 from typing import Any
 
 import aiosmtplib
-from pydantic import EmailStr, Field, field_validator
+from pydantic import EmailStr, Field, field_validator, model_validator
 
 from services.worker.handlers.common import Payload
 from shared.jobtypes import JobContext, PermanentError, job_type
+
+MAX_RECIPIENTS = 100
+"""to, cc and bcc together (most SMTP servers refuse more in one message)."""
+MAX_BODY_BYTES = 1024 * 1024
+"""body and html together, UTF-8."""
 
 
 class SendEmail(Payload):
@@ -30,6 +35,16 @@ class SendEmail(Payload):
     @classmethod
     def _one_or_many(cls, to: Any) -> Any:
         return [to] if isinstance(to, str) else to
+
+    @model_validator(mode="after")
+    def _bounded(self) -> SendEmail:
+        if len(self.recipients()) > MAX_RECIPIENTS:
+            raise ValueError(f"at most {MAX_RECIPIENTS} recipients in to, cc and bcc "
+                             "together")
+        size = len(self.body.encode()) + len((self.html or "").encode())
+        if size > MAX_BODY_BYTES:
+            raise ValueError(f"body and html hold at most {MAX_BODY_BYTES} bytes together")
+        return self
 
     def recipients(self) -> list[str]:
         return [*self.to, *self.cc, *self.bcc]

@@ -27,6 +27,8 @@ from shared.jobtypes import JobContext, PermanentError, job_type
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
+MAX_DATA_BYTES = 4096
+"""FCM's own limit on a message's data payload."""
 
 
 class SendNotification(Payload):
@@ -36,6 +38,14 @@ class SendNotification(Payload):
     title: str | None = Field(None, max_length=200)
     message: str = Field(min_length=1, max_length=4000)
     data: dict[str, str] | None = None
+
+    @field_validator("data")
+    @classmethod
+    def _data_fits(cls, data: dict[str, str] | None) -> dict[str, str] | None:
+        size = sum(len(k.encode()) + len(v.encode()) for k, v in (data or {}).items())
+        if size > MAX_DATA_BYTES:
+            raise ValueError(f"data holds at most {MAX_DATA_BYTES} bytes of keys and values")
+        return data
 
     @field_validator("to")
     @classmethod

@@ -19,6 +19,13 @@ from shared.jobtypes import JobContext, job_type
 from shared.settings import Settings
 
 
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """Bodies up to 4 MB, so the per-type limits (not the body limit) answer."""
+    return settings.model_copy(update={"max_body_bytes": 4 * 1024 * 1024,
+                                       "image_max_bytes": 3000})
+
+
 class FreeForm(BaseModel):
     """A payload with a free-form part, as third-party job types often have."""
 
@@ -252,4 +259,40 @@ async def test_idempotency_key_header_is_bounded(api: httpx.AsyncClient,
     r = await api.post("/jobs", json=echo("a"), headers={"Idempotency-Key": "k" * 256})
     assert r.status_code == 422
     assert r.json()["error"]["details"][0]["field"] == "header.Idempotency-Key"
+    assert await stores.jobs.count_documents({}) == 0
+
+
+# -- what one payload may ask for -----------------------------------------------------------
+
+PNG_1PX = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmM"
+           "IQAAAABJRU5ErkJggg==")
+MANY = [f"user{i}@example.com" for i in range(101)]
+
+
+@pytest.mark.parametrize(("job_type", "payload", "field", "why"), [
+    ("resizeImage", {"imageBase64": PNG_1PX, "width": 10_000, "height": 10_000},
+     "payload", "pixels"),
+    ("resizeImage", {"imageBase64": "QUJD" * 1001, "width": 10}, "payload.imageBase64",
+     "over 3000 bytes"),
+    ("sendEmail", {"to": MANY[:50], "cc": MANY[50:80], "bcc": MANY[80:], "subject": "s",
+                   "body": "b"}, "payload", "recipients"),
+    ("sendEmail", {"to": "a@example.com", "subject": "s", "body": "b" * 700_000,
+                   "html": "h" * 400_000}, "payload", "bytes"),
+    ("sendNotification", {"channel": "push", "to": "t", "message": "m",
+                          "data": {f"k{i}": "v" * 100 for i in range(50)}},
+     "payload.data", "4096 bytes"),
+    ("scrapeWebsite", {"url": "http://127.0.0.1/", "selectors": {"x": "a" * 1001}},
+     "payload.selectors.x", "1000"),
+    ("scrapeWebsite", {"url": "http://127.0.0.1/", "selectors": {"x" * 101: "a"}},
+     None, "100"),
+])
+async def test_payload_asking_too_much_is_422(api: httpx.AsyncClient, stores: Stores,
+                                              job_type: str, payload: dict[str, Any],
+                                              field: str | None, why: str) -> None:
+    r = await api.post("/jobs", json={"jobType": job_type, "payload": payload})
+    assert r.status_code == 422, r.text[:300]
+    details = r.json()["error"]["details"]
+    assert any(why in d["message"] for d in details), details
+    if field:
+        assert field in [d["field"] for d in details], details
     assert await stores.jobs.count_documents({}) == 0
