@@ -6,6 +6,8 @@
     │   │   └── ResultTooLarge    the result is over JOBQUEUE_MAX_RESULT_BYTES or not storable
     │   └── Retry                 retry after a chosen delay
     ├── JobTimeout                a run exceeded its timeoutSeconds
+    ├── ProcessDied               a pool child died while running a call (retryable)
+    ├── RemoteError               a child's exception that could not come back as itself
     ├── InvalidSignature          a webhook's signature, timestamp or headers do not verify
     └── ApiError                  maps to an HTTP error response {"error": {code, message, details}}
         ├── InvalidInput          422, field-level details
@@ -48,6 +50,20 @@ class Retry(HandlerOutcome):
 
 class JobTimeout(JobQueueError):
     """The handler ran longer than the job's timeoutSeconds and was cancelled."""
+
+
+class ProcessDied(JobQueueError):
+    """A child process of the worker's pool died while running a call (a crash, a
+    segfault, ``os._exit``, the OOM killer). An ordinary failure: the job is retried."""
+
+
+class RemoteError(JobQueueError):
+    """An exception raised in a pool child that cannot be rebuilt in the worker (it does
+    not pickle): its type name and message, with the child's traceback as the cause."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(f"{type_name}: {message}" if message else type_name)
+        self.type_name = type_name
 
 
 class InvalidSignature(JobQueueError):

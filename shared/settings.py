@@ -51,7 +51,8 @@ class Settings(BaseSettings):
     visibility_timeout_seconds: float = Field(30.0, gt=0)
     shutdown_grace_seconds: float = Field(25.0, ge=0)
     max_deliveries: int = Field(5, gt=0)
-    max_result_bytes: int = Field(1024 * 1024, gt=0, le=8 * 1024 * 1024)
+    max_result_bytes: int = Field(1024 * 1024, gt=0, le=16 * 1024 * 1024)
+    process_pool_size: int = Field(2, gt=0, le=256)
 
     # Scheduler
     promote_interval_seconds: float = Field(0.1, gt=0)
