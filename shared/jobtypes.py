@@ -11,33 +11,53 @@ registered with :func:`job_type`. This module is a public contract::
     async def echo(payload: Echo, ctx: JobContext) -> dict:
         return {"text": payload.text}        # stored as the job's result
 
-A plain ``def`` handler runs in a worker thread, so its blocking work never stalls the
-other jobs on the event loop. Services import the modules named in
-``JOBQUEUE_HANDLER_MODULES``; importing a module registers its types.
+Where a handler runs:
+
+- ``async def``: on the worker's event loop. CPU-heavy parts go to the worker's process
+  pool with ``await ctx.run_in_process(func, *args)``: the job's timeout or a cancel kills
+  that child process, so the work really stops.
+- plain ``def`` (the default, ``isolation="thread"``): in a thread of the worker's own
+  bounded pool (one thread per job slot, apart from the loop's default executor, so DNS
+  look-ups never wait behind handlers), with the full :class:`JobContext`. A thread cannot
+  be stopped: after a timeout the job is recorded and retried, but the thread runs on.
+- plain ``def`` with ``isolation="process"``: in a child process of the worker's pool,
+  killed at the job's timeout or cancel. It gets a :class:`ProcessContext` (ids, counts,
+  settings, a logger: no HTTP client or artifact store can cross a process boundary), and
+  its payload and result must pickle. Return what it produces; to save a file, use an
+  async handler that calls ``ctx.run_in_process`` and then ``ctx.artifacts.save``.
+
+Services import the modules named in ``JOBQUEUE_HANDLER_MODULES``; importing a module
+registers its types.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import importlib
 import inspect
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import httpx
 from pydantic import BaseModel
 
 from shared.artifacts import JobArtifacts
 from shared.errors import PermanentError, Retry
-from shared.logs import Log
+from shared.logs import Log, bound
+from shared.procpool import ProcessPool, default_pool
 from shared.settings import Settings
 
-__all__ = ["REGISTRY", "JobContext", "JobType", "PermanentError", "Retry", "job_type",
-           "load_handler_modules"]
+__all__ = ["REGISTRY", "Isolation", "JobContext", "JobType", "PermanentError",
+           "ProcessContext", "Retry", "job_type", "load_handler_modules"]
 
-Handler = Callable[[Any, "JobContext"], Any]
+Handler = Callable[[Any, Any], Any]
+"""The second argument is a JobContext, or a ProcessContext for isolation="process"."""
 F = TypeVar("F", bound=Handler)
+T = TypeVar("T")
+Isolation = Literal["thread", "process"]
 
 
 @dataclass
@@ -57,6 +77,41 @@ class JobContext:
     """The worker's shared HTTP client (one connection pool per process)."""
     artifacts: JobArtifacts
     """Files this run produces: ``await ctx.artifacts.save(name, data, content_type)``."""
+    processes: ProcessPool | None = None
+    """The worker's process pool; None: this process's default pool."""
+
+    async def run_in_process(self, func: Callable[..., T], *args: Any) -> T:
+        """``func(*args)`` in a child process of the worker's pool, and its result.
+
+        ``func`` is a module-level function; its arguments and result pickle. The job's
+        timeout or a cancel kills the child (this await then raises as the handler's would);
+        a child that dies raises ProcessDied (retried); what ``func`` raises comes back as
+        itself (a PermanentError is not retried) with the child's traceback as its cause.
+        """
+        pool = self.processes or default_pool(self.settings.process_pool_size)
+        return await pool.run(func, *args)
+
+    def for_process(self) -> ProcessContext:
+        return ProcessContext(job_id=self.job_id, job_type=self.job_type,
+                              attempt=self.attempt, retries=self.retries,
+                              max_retries=self.max_retries, worker_id=self.worker_id,
+                              log=self.log, settings=self.settings)
+
+
+@dataclass(frozen=True)
+class ProcessContext:
+    """What a ``def`` handler registered with ``isolation="process"`` knows about its run:
+    the part of :class:`JobContext` that can be pickled into a child process."""
+
+    job_id: str
+    job_type: str
+    attempt: int
+    retries: int
+    max_retries: int
+    worker_id: str
+    log: Log
+    """Its lines go, as JSON, to the worker's stderr (not to its log file)."""
+    settings: Settings
 
 
 @dataclass(frozen=True)
@@ -68,14 +123,55 @@ class JobType:
     timeout_seconds: float | None = None
     retry_base_seconds: float | None = None
     retry_max_seconds: float | None = None
+    isolation: Isolation = "thread"
+    """Where a plain ``def`` handler runs (see the module docstring)."""
 
     async def run(self, payload: BaseModel, ctx: JobContext) -> Any:
         if inspect.iscoroutinefunction(self.handler):
             return await self.handler(payload, ctx)
-        result = await asyncio.to_thread(self.handler, payload, ctx)
+        if self.isolation == "process":
+            return await ctx.run_in_process(_run_isolated, self.handler, payload,
+                                            ctx.for_process())
+        call = contextvars.copy_context().run  # the thread logs with the job's ids
+        result = await asyncio.get_running_loop().run_in_executor(
+            handler_threads(ctx.settings.concurrency), call, self.handler, payload, ctx)
         if inspect.isawaitable(result):
             return await result
         return result
+
+
+def _run_isolated(handler: Handler, payload: BaseModel, ctx: ProcessContext) -> Any:
+    """A process-isolated handler's run, in the child."""
+    with bound(jobId=ctx.job_id, jobType=ctx.job_type, attempt=ctx.attempt,
+               workerId=ctx.worker_id):
+        return handler(payload, ctx)
+
+
+_threads: ThreadPoolExecutor | None = None
+_threads_size = 0
+
+
+def handler_threads(size: int) -> ThreadPoolExecutor:
+    """The threads plain ``def`` handlers run in (created on first use, ``size`` threads:
+    one per job slot). NOTE: their own, not the loop's default executor: a handler that
+    blocks for long must never hold up ``loop.getaddrinfo`` (the outbound guard's DNS).
+    A handler that outlives its job's timeout keeps its thread, so at most ``size`` such
+    threads can pile up; a job waiting for a thread has its timeout running."""
+    global _threads, _threads_size
+    if _threads is None or _threads_size < size:  # a worker with more slots: grow
+        if _threads is not None:
+            _threads.shutdown(wait=False)
+        _threads = ThreadPoolExecutor(max_workers=size, thread_name_prefix="job-handler")
+        _threads_size = size
+    return _threads
+
+
+def shutdown_handler_threads() -> None:
+    """Let the handler threads end once their work is done (at worker shutdown)."""
+    global _threads
+    if _threads is not None:
+        _threads.shutdown(wait=False, cancel_futures=True)
+        _threads = None
 
 
 REGISTRY: dict[str, JobType] = {}
@@ -83,10 +179,15 @@ REGISTRY: dict[str, JobType] = {}
 
 def job_type(name: str, *, payload: type[BaseModel], max_retries: int | None = None,
              timeout_seconds: float | None = None, retry_base_seconds: float | None = None,
-             retry_max_seconds: float | None = None) -> Callable[[F], F]:
+             retry_max_seconds: float | None = None, isolation: Isolation = "thread"
+             ) -> Callable[[F], F]:
     """Register the decorated function as the handler of job type ``name``."""
 
     def register(func: F) -> F:
+        if isolation == "process" and inspect.iscoroutinefunction(func):
+            raise ValueError(f"job type {name!r}: isolation='process' is for a plain def "
+                             "handler; an async handler sends its heavy part to the pool "
+                             "with ctx.run_in_process")
         existing = REGISTRY.get(name)
         if existing is not None and existing.handler is not func:
             raise ValueError(f"job type {name!r} is registered twice "
@@ -94,7 +195,7 @@ def job_type(name: str, *, payload: type[BaseModel], max_retries: int | None = N
         REGISTRY[name] = JobType(name=name, handler=func, payload=payload,
                                  max_retries=max_retries, timeout_seconds=timeout_seconds,
                                  retry_base_seconds=retry_base_seconds,
-                                 retry_max_seconds=retry_max_seconds)
+                                 retry_max_seconds=retry_max_seconds, isolation=isolation)
         return func
 
     return register
