@@ -27,6 +27,34 @@ class Camel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
 
 
+class ErrorInfoBody(BaseModel):
+    code: str
+    message: str
+    details: Any = None
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: ``{"error": {"code", "message", "details"}}``."""
+
+    error: ErrorInfoBody
+
+
+ERROR_MEANINGS = {
+    400: "The body is not valid JSON.",
+    404: "No such job (or artifact, or event).",
+    409: "Illegal for the job's status, or an idempotency key reused for another request.",
+    413: "The body is over JOBQUEUE_MAX_BODY_BYTES.",
+    422: "A field is invalid; details name each one.",
+    503: "MongoDB or Redis is unreachable; nothing was changed.",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` entries of these error statuses."""
+    return {status: {"model": ErrorBody, "description": ERROR_MEANINGS[status]}
+            for status in statuses}
+
+
 class SubmitRequest(Camel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 

@@ -8,10 +8,11 @@ from fastapi import APIRouter, Response
 from fastapi.responses import StreamingResponse
 
 from services.api.deps import Context
+from services.api.schemas import error_responses
 from shared.errors import Conflict, NotFound
 from shared.status import TERMINAL
 
-router = APIRouter(tags=["jobs"])
+router = APIRouter(tags=["jobs"], responses=error_responses(404, 409, 422, 503))
 
 
 @router.get("/jobs/{job_id}/artifacts/{name}")

@@ -5,12 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from services.api.deps import Context
-from services.api.schemas import DeliveryLog, DeliveryPublic
+from services.api.schemas import DeliveryLog, DeliveryPublic, error_responses
 from shared.errors import NotFound
 from shared.events import Event
 from shared.transitions import outbox_entry
 
-router = APIRouter(tags=["webhooks"])
+router = APIRouter(tags=["webhooks"], responses=error_responses(404, 409, 422, 503))
 
 
 @router.get("/jobs/{job_id}/deliveries", response_model=DeliveryLog)

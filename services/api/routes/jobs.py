@@ -21,6 +21,7 @@ from services.api.schemas import (
     JobSummary,
     SubmitRequest,
     SubmitResponse,
+    error_responses,
     from_doc,
 )
 from services.api.submit import Accepted
@@ -32,7 +33,13 @@ from shared.status import RETRYABLE_BY_USER, JobStatus, Priority
 
 log = get_log(__name__)
 
-router = APIRouter(tags=["jobs"])
+# NOTE: every route here may answer these; the submit routes add their own below.
+router = APIRouter(tags=["jobs"], responses=error_responses(404, 409, 422, 503))
+SUBMIT_ERRORS = error_responses(400, 413)
+SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": SubmitResponse,
+          "description": "The idempotency key matched an earlier identical request: that job."},
+    **SUBMIT_ERRORS}
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)]
 
 
@@ -41,8 +48,10 @@ def _answer(accepted: Accepted, response: Response) -> SubmitResponse:
     return SubmitResponse(job_id=accepted.job_id, status=accepted.status)
 
 
-@router.post("/submit-job", status_code=202, response_model=SubmitResponse)
-@router.post("/jobs", status_code=202, response_model=SubmitResponse)
+@router.post("/submit-job", status_code=202, response_model=SubmitResponse,
+             responses=SUBMIT_RESPONSES)
+@router.post("/jobs", status_code=202, response_model=SubmitResponse,
+             responses=SUBMIT_RESPONSES)
 async def submit_job(body: SubmitRequest, ctx: Context, response: Response,
                      idempotency_key: IdempotencyKey = None) -> SubmitResponse:
     """Accept a job: 202 once it is stored; 200 with the original job when its
@@ -53,7 +62,8 @@ async def submit_job(body: SubmitRequest, ctx: Context, response: Response,
     return _answer(accepted, response)
 
 
-@router.post("/jobs/batch", status_code=202, response_model=BatchSubmitResponse)
+@router.post("/jobs/batch", status_code=202, response_model=BatchSubmitResponse,
+             responses=SUBMIT_ERRORS)
 async def submit_batch(body: BatchSubmitRequest, ctx: Context) -> BatchSubmitResponse:
     """Accept many jobs at once; nothing is stored unless every one is valid."""
     fields, problems = [], []

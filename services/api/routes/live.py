@@ -18,12 +18,13 @@ from starlette.types import Receive, Scope, Send
 
 from services.api.deps import ApiContext, Context
 from services.api.errors import error_response
+from services.api.schemas import error_responses
 from services.api.watchers import Watch, Watchers
 from shared.errors import NotFound
 from shared.events import event_type
 from shared.status import TERMINAL, JobStatus
 
-router = APIRouter(tags=["jobs"])
+router = APIRouter(tags=["jobs"], responses=error_responses(404, 503))
 RETRY_AFTER_SECONDS = 5
 STATUS_FIELDS = {"status": 1, "seq": 1, "attempt": 1, "updated_at": 1}
 
