@@ -1,7 +1,8 @@
 """``generateReport``: a table from the payload as PDF (reportlab), XLSX (openpyxl) or CSV.
 
-The file is written to a temporary file in a worker thread and streamed into the
-artifact store a chunk at a time, so a large report is not held in memory twice.
+The file is written to a temporary file in a pool child process (so the job's timeout
+really stops it) and streamed into the artifact store a chunk at a time, so a large
+report is not held in memory twice.
 
 Every string is the caller's and prints as written: the title goes through reportlab's
 Paragraph markup parser, so it is XML-escaped (unescaped, ``<img src="/local/file">``
@@ -17,7 +18,6 @@ so PDF has the lowest caps; at the PDF caps the worst case measured 11 s (5,000 
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import re
@@ -141,10 +141,17 @@ def write_pdf(report: GenerateReport, out: IO[bytes]) -> None:
 WRITERS = {"csv": write_csv, "xlsx": write_xlsx, "pdf": write_pdf}
 
 
+def write_file(report: GenerateReport, path: str) -> None:
+    """Write the report to ``path``: run in a pool child, where the job's timeout can stop
+    it (a file object cannot cross the process boundary, a path can)."""
+    with open(path, "wb") as out:
+        WRITERS[report.format](report, out)
+
+
 @job_type("generateReport", payload=GenerateReport, timeout_seconds=600)
 async def generate_report(payload: GenerateReport, ctx: JobContext) -> dict[str, Any]:
-    with tempfile.TemporaryFile() as out:
-        await asyncio.to_thread(WRITERS[payload.format], payload, out)
+    with tempfile.NamedTemporaryFile() as out:
+        await ctx.run_in_process(write_file, payload, out.name)
         out.seek(0)
         artifact = await ctx.artifacts.save(f"report.{payload.format}", out,
                                             CONTENT_TYPES[payload.format])

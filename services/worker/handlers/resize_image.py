@@ -1,4 +1,4 @@
-"""``resizeImage``: resize an image given by URL or base64 (Pillow, in a worker thread).
+"""``resizeImage``: resize an image given by URL or base64 (Pillow, in a pool child process).
 
 Guards: a byte limit on the input, a pixel limit checked from the header before any
 decoding (decompression bombs), and an allow-list of formats. The output is stored as
@@ -7,7 +7,6 @@ an artifact.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import io
@@ -128,7 +127,7 @@ async def load_input(job: ResizeImage, ctx: JobContext, settings: Settings) -> b
 @job_type("resizeImage", payload=ResizeImage, timeout_seconds=120)
 async def resize_image(payload: ResizeImage, ctx: JobContext) -> dict[str, Any]:
     data = await load_input(payload, ctx, ctx.settings)
-    output, fmt, width, height = await asyncio.to_thread(
+    output, fmt, width, height = await ctx.run_in_process(
         resize, data, payload, ctx.settings.image_max_pixels)
     artifact = await ctx.artifacts.save(f"resized.{'jpg' if fmt == 'jpeg' else fmt}", output,
                                         f"image/{fmt}")
