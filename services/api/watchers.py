@@ -46,9 +46,9 @@ class Watch:
 
     job_id: str
     capacity: int = BUFFER_EVENTS
-    _buffer: deque[dict[str, Any]] = field(default_factory=deque)
-    _lost: bool = False
-    _ready: asyncio.Event = field(default_factory=asyncio.Event)
+    _buffer: deque[dict[str, Any]] = field(default_factory=deque, init=False)
+    _lost: bool = field(default=False, init=False)
+    _ready: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
     def offer(self, event: dict[str, Any]) -> None:
         """Buffer an event, or, when the buffer is full, drop it and mark the watch lost."""
