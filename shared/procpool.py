@@ -99,6 +99,11 @@ class ProcessPool:
         """The process ids of the live children, idle or busy."""
         return sorted(c.pid for c in self._children)
 
+    @property
+    def busy(self) -> list[int]:
+        """The process ids of the children running a call now."""
+        return sorted(c.pid for c in self._children if c not in self._idle)
+
     async def run(self, func: Callable[..., T], *args: Any) -> T:
         """``func(*args)`` in a child process; see the module docstring for what fails how.
 
@@ -123,21 +128,29 @@ class ProcessPool:
                     # and only killing it stops the work.
                     await self._discard(child)
             finally:
+                if not healthy:
+                    child.channel.close()
                 self._release(child if healthy else None)
         return cast(T, _answer(reply))
 
     async def close(self) -> None:
-        """Kill every child (idle or busy) and wait until each is reaped."""
+        """Kill every child (idle or busy) and wait until each is reaped. A call still
+        running raises ProcessDied."""
         self._closed = True
+        idle, self._idle = self._idle, []
         await asyncio.gather(*(self._discard(c) for c in list(self._children)))
+        for child in idle:
+            child.channel.close()
 
     def kill_now(self) -> None:
         """Kill every child without waiting (at interpreter exit)."""
         self._closed = True
+        idle, self._idle = self._idle, []
         for child in list(self._children):
             self._children.discard(child)
-            child.channel.close()
             child.process.kill()
+        for child in idle:
+            child.channel.close()
 
     # -- slots ------------------------------------------------------------------------
 
@@ -202,10 +215,13 @@ class ProcessPool:
         return child
 
     async def _discard(self, child: _Child) -> int | None:
-        """SIGKILL a child (if still alive) and wait until it is reaped; its exit code."""
+        """SIGKILL a child (if still alive) and wait until it is reaped; its exit code.
+
+        NOTE: the channel stays open: a call reading it must see EOF, not a closed socket
+        (a read pending on a closed socket never ends). Its owner closes it: the call
+        that was using the child, or the pool for an idle one."""
         if child in self._children:
             self._children.discard(child)
-            child.channel.close()
             child.process.kill()
             child.reaped = asyncio.ensure_future(_reap(child))
             self._reaping.add(child.reaped)

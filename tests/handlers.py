@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
 from pydantic import BaseModel
 
-from shared.jobtypes import JobContext, PermanentError, Retry, job_type
+from shared.jobtypes import JobContext, PermanentError, ProcessContext, Retry, job_type
 
 
 class Recorded(BaseModel):
@@ -113,3 +114,33 @@ async def sleep_first(payload: Recorded, ctx: JobContext) -> dict[str, object]:
     if ctx.attempt == 1:
         await asyncio.sleep(payload.seconds)
     return {"attempt": ctx.attempt}
+
+
+@job_type("where", payload=Recorded)
+def where(payload: Recorded, ctx: JobContext) -> dict[str, object]:
+    """A plain def: records the name of the thread it runs in."""
+    record(payload.path, threading.current_thread().name)
+    return {"thread": threading.current_thread().name}
+
+
+@job_type("spin", payload=Recorded, isolation="process")
+def spin(payload: Recorded, ctx: ProcessContext) -> None:
+    """CPU-bound for ever, in a pool child; records the child's pid first."""
+    record(payload.path, str(os.getpid()))
+    while True:
+        pass
+
+
+@job_type("exits_once", payload=Recorded, isolation="process")
+def exits_once(payload: Recorded, ctx: ProcessContext) -> dict[str, object]:
+    """Its child dies with os._exit on the first attempt; a later one returns."""
+    record(payload.path, f"{os.getpid()} {ctx.attempt}")
+    if ctx.attempt == 1:
+        os._exit(1)
+    return {"attempt": ctx.attempt, "jobId": ctx.job_id}
+
+
+@job_type("permanent_in_process", payload=Recorded, isolation="process")
+def permanent_in_process(payload: Recorded, ctx: ProcessContext) -> None:
+    record(payload.path, str(os.getpid()))
+    raise PermanentError("cannot ever work, even in a child")
