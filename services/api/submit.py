@@ -205,13 +205,12 @@ class Submitter:
             raise
 
     async def _flush(self, batch: list[Waiter]) -> None:
-        """Store and enqueue one batch; every waiter in it is answered, whatever fails."""
+        """Store and enqueue one batch; every waiter in it is answered, whatever fails
+        (a cancellation is answered by _flush_soon)."""
         try:
             await self._store(batch)
         except Exception as exc:
             log.exception("submit.flush_failed", jobs=len(batch), errorType=type(exc).__name__)
-        finally:
-            # NOTE: answers every waiter _store did not (it failed, or was cancelled).
             _fail_all(batch, StoreUnavailable("the job could not be stored; try again"))
 
     async def _store(self, batch: list[Waiter]) -> None:

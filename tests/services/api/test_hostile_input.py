@@ -296,3 +296,20 @@ async def test_payload_asking_too_much_is_422(api: httpx.AsyncClient, stores: St
     if field:
         assert field in [d["field"] for d in details], details
     assert await stores.jobs.count_documents({}) == 0
+
+
+async def test_concurrent_repeats_of_a_key_are_one_job(api: httpx.AsyncClient,
+                                                       stores: Stores) -> None:
+    """Racing submits with one key land in one group commit: the duplicates are
+    answered with the stored job (200), or 409 when their body differs."""
+    same = [api.post("/jobs", json=echo("same", "k5")) for _ in range(20)]
+    other = [api.post("/jobs", json=echo("other", "k5"))]
+    answers = await asyncio.wait_for(asyncio.gather(*same, *other), 60)
+    codes = sorted(r.status_code for r in answers[:20])
+    ids = {r.json()["jobId"] for r in answers[:20]}
+    if answers[20].status_code == 202:  # the different body won the race
+        assert codes == [409] * 20
+    else:
+        assert codes == [200] * 19 + [202] and len(ids) == 1
+        assert answers[20].status_code == 409
+    assert await stores.jobs.count_documents({}) == 1
