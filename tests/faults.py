@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 Match = Callable[[bytes], bool]
 
 
-@dataclass
+@dataclass(eq=False)
 class _Link:
     client: asyncio.StreamWriter
     server: asyncio.StreamWriter

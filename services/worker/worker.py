@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import bson
-import httpx
 from pydantic import ValidationError
 from pydantic_core import to_jsonable_python
 from pymongo.asynchronous.collection import AsyncCollection
@@ -39,6 +38,8 @@ from shared.errors import JobTimeout, PermanentError, ResultTooLarge, Retry
 from shared.jobtypes import JobContext, JobType
 from shared.logs import bound, get_log
 from shared.models import ErrorInfo
+from shared.outbound import outbound_client
+from shared.procpool import ProcessPool
 from shared.queue import Delivery, Enqueue, RedisQueue, Settle
 from shared.settings import Settings
 from shared.status import PRIORITIES_IN_READ_ORDER, JobStatus
@@ -129,8 +130,11 @@ class Worker:
         """
         await self.queue.ensure_groups()
         await self.clock.sync(self.queue.redis)
-        self.http = httpx.AsyncClient(timeout=self.settings.http_timeout_seconds,
-                                      trust_env=False)
+        # NOTE: the guarded client checks every address it connects to, pools by host
+        # name (so TLS checks the real name) and keeps no cookies across jobs.
+        self.http = outbound_client(self.settings.scrape_allowed_hosts,
+                                    timeout=self.settings.http_timeout_seconds)
+        self.processes = ProcessPool(self.settings.process_pool_size)
         log.info("worker.started", workerId=self.worker_id, concurrency=self.concurrency,
                  jobTypes=sorted(self.registry))
         try:
@@ -149,6 +153,7 @@ class Worker:
             raise
         finally:
             await self.http.aclose()
+            await self.processes.close()
         log.info("worker.stopped", workerId=self.worker_id)
 
     async def _drain(self) -> None:
@@ -328,7 +333,7 @@ class Worker:
         ctx = JobContext(job_id=doc["_id"], job_type=doc["job_type"], attempt=doc["attempt"],
                          retries=doc["retries"], max_retries=doc["max_retries"],
                          worker_id=self.worker_id, log=get_log(f"jobs.{doc['job_type']}"),
-                         settings=self.settings, http=self.http,
+                         settings=self.settings, http=self.http, processes=self.processes,
                          artifacts=JobArtifacts(self.artifacts, doc["_id"]))
         deadline = None
         try:

@@ -14,8 +14,8 @@ from shared.errors import PermanentError, Retry
 from shared.jobtypes import JobContext
 from shared.models import Artifact
 from shared.outbound import OutboundGuard, UrlRefused
-from shared.settings import Settings
 from shared.retry_after import retry_after_seconds
+from shared.settings import Settings
 
 
 class Payload(BaseModel):
