@@ -92,3 +92,16 @@ async def test_a_dying_flusher_answers_everyone_and_stops_the_process(
     finally:
         if service.process.poll() is None:
             service.kill()
+
+
+@pytest.mark.parametrize(("depth", "status"), [(900, 422), (3000, 400), (100_000, 400)])
+def test_deep_bodies_are_4xx_from_the_real_server(api_process: Service, depth: int,
+                                                  status: int) -> None:
+    """The JSON parser's recursion limit (3,000) and the payload depth limit (900)
+    through the real HTTP stack."""
+    assert api_process.url
+    body = '{"jobType":"echo","payload":{"text":' + '{"a":' * depth + "1" + "}" * depth + "}}"
+    r = httpx.post(f"{api_process.url}/jobs", content=body,
+                   headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == status, r.text[:300]
+    assert r.json()["error"]["code"]
