@@ -37,8 +37,9 @@ class Stores:
         await self.mongo.close()
 
 
-async def open_stores(settings: Settings) -> Stores:
-    mongo = await open_mongo(settings)
+async def open_stores(settings: Settings, *, bounded: bool = False) -> Stores:
+    """Open MongoDB and Redis; ``bounded`` as in :func:`shared.stores.open_mongo`."""
+    mongo = await open_mongo(settings, bounded=bounded)
     redis = open_redis(settings)
     queue = RedisQueue(redis, Keys(settings.redis_prefix, settings.queue_name))
     clock = RedisClock()

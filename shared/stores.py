@@ -18,14 +18,22 @@ from shared.settings import Settings
 MONGO_MODELS: list[Any] = [Job, WebhookDelivery]
 
 
-async def open_mongo(settings: Settings) -> AsyncMongoClient[dict[str, Any]]:
-    """Connect and initialise Beanie (creating missing indexes)."""
+async def open_mongo(settings: Settings, *, bounded: bool = False
+                     ) -> AsyncMongoClient[dict[str, Any]]:
+    """Connect and initialise Beanie (creating missing indexes).
+
+    ``bounded`` (the API) gives every operation, waiting for a pooled connection
+    included, ``mongodb_timeout_seconds`` in all (PyMongo's client-side operation
+    timeout), so a MongoDB that stopped answering costs a request that long, then a 503.
+    Services that must finish their writes (workers, notifier) retry instead.
+    """
     _, url = settings.require_stores()
     timeout_ms = int(settings.mongodb_timeout_seconds * 1000)
+    per_operation: dict[str, Any] = {"timeoutMS": timeout_ms} if bounded else {
+        "socketTimeoutMS": max(timeout_ms * 5, 15_000)}
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
         url, tz_aware=True, serverSelectionTimeoutMS=timeout_ms,
-        connectTimeoutMS=timeout_ms, socketTimeoutMS=max(timeout_ms * 5, 15_000),
-        appname="jobqueue")
+        connectTimeoutMS=timeout_ms, appname="jobqueue", **per_operation)
     await init_beanie(database=client[settings.mongodb_database],
                       document_models=MONGO_MODELS)
     return client
@@ -34,8 +42,10 @@ async def open_mongo(settings: Settings) -> AsyncMongoClient[dict[str, Any]]:
 def open_redis(settings: Settings) -> Redis:
     """A pooled client that retries dropped connections with backoff by itself."""
     url, _ = settings.require_stores()
+    # NOTE: the socket timeout outlasts the workers' blocking stream reads (1 s), and a
+    # Redis that stopped answering still fails a call in bounded time.
     return Redis.from_url(
         url, decode_responses=True, health_check_interval=15, socket_connect_timeout=3,
-        socket_keepalive=True,
-        retry=RedisRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=5),
+        socket_timeout=5, socket_keepalive=True,
+        retry=RedisRetry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
         retry_on_error=[RedisConnectionError, RedisTimeoutError])

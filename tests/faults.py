@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 Match = Callable[[bytes], bool]
@@ -41,7 +43,9 @@ class FaultProxy:
     latency: float = 0.0
     """Seconds added before every forwarded message or chunk."""
     blackhole: bool = False
-    """Accept and read, but forward nothing: a server that stopped answering."""
+    """Accept and read, but forward nothing: a server that stopped answering (SIGSTOP)."""
+    refusing: bool = False
+    """Drop every new connection at once: a server that is gone (SIGKILL)."""
     lost: list[bytes] = field(default_factory=list)
     """The requests whose replies were lost, in order."""
     _triggers: list[tuple[Match, int]] = field(default_factory=list)
@@ -89,6 +93,9 @@ class FaultProxy:
 
     async def _accept(self, client_r: asyncio.StreamReader,
                       client_w: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            client_w.transport.abort()
+            return
         try:
             server_r, server_w = await asyncio.open_connection(self.target_host,
                                                                self.target_port)
@@ -145,3 +152,35 @@ class FaultProxy:
                 else:
                     del self._triggers[i]
                 return
+
+
+class ThreadedProxy:
+    """A :class:`FaultProxy` on its own event loop in a thread, for services in other
+    processes: it keeps forwarding while the test blocks (starting a process, say)."""
+
+    def __init__(self, url: str, *, framed: bool = True) -> None:
+        self.proxy = FaultProxy.for_url(url, framed=framed)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
+                                        name="fault-proxy")
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.proxy.start(), self._loop).result(10)
+
+    def url_for(self, url: str) -> str:
+        return self.proxy.url_for(url)
+
+    def set(self, **faults: Any) -> None:
+        """Set fault attributes (``blackhole``, ``refusing``, ``latency``) on the proxy."""
+        self._loop.call_soon_threadsafe(lambda: [setattr(self.proxy, k, v)
+                                                 for k, v in faults.items()])
+
+    def reset(self) -> None:
+        self._loop.call_soon_threadsafe(self.proxy.reset)
+
+    def lose_reply_to(self, match: bytes | Match, times: int = 1) -> None:
+        self._loop.call_soon_threadsafe(self.proxy.lose_reply_to, match, times)
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.proxy.close(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)

@@ -32,7 +32,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry = load_handler_modules(settings.handler_modules)
-        stores = await open_stores(settings)
+        stores = await open_stores(settings, bounded=True)
         watchers = Watchers(stores.redis, stores.queue.keys.events_channel,
                             settings.sse_max_clients)
         crashed = asyncio.Event()
