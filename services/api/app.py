@@ -4,7 +4,6 @@ one place that turns errors into JSON."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -20,6 +19,7 @@ from services.api.submit import Submitter
 from services.api.watchers import Watchers
 from services.runtime import open_stores
 from shared.jobtypes import load_handler_modules
+from shared.logs import flush_logs
 from shared.settings import Settings
 from shared.supervise import supervise
 
@@ -53,7 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await submitter.close()
             await stores.close()
             if crashed.is_set():
-                logging.shutdown()
+                flush_logs()
                 os._exit(EXIT_HELPER_CRASHED)
 
     app = FastAPI(title="jobqueue", version="0.1.0", lifespan=lifespan,

@@ -7,6 +7,7 @@ The URL goes through the outbound guard at submit and again on every hop at fetc
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 from urllib.robotparser import RobotFileParser
 
@@ -94,6 +95,8 @@ async def scrape_website(payload: ScrapeWebsite, ctx: JobContext) -> dict[str, A
         raise Retry(f"the site answered {page.status_code}")
     if page.status_code >= 400:
         raise PermanentError(f"the site answered {page.status_code}")
-    title, values = extract(page, payload.selectors, payload.attribute)
+    # NOTE: parsing a page of several MiB takes long enough to stall other jobs' I/O.
+    title, values = await asyncio.to_thread(extract, page, payload.selectors,
+                                            payload.attribute)
     return {"url": page.url, "status": page.status_code, "title": title, "values": values,
             "bytes": len(page.body), "truncated": page.truncated}
