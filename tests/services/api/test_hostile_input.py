@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
 from pydantic import BaseModel, field_validator
 
 from services.api.submit import Submitter
 from services.runtime import Stores
-from shared.errors import StoreUnavailable
+from services.worker.handlers.resize_image import ResizeImage, resize
+from shared.errors import PermanentError, StoreUnavailable
 from shared.jobtypes import JobContext, job_type
 from shared.settings import Settings
 
@@ -313,3 +316,12 @@ async def test_concurrent_repeats_of_a_key_are_one_job(api: httpx.AsyncClient,
         assert codes == [200] * 19 + [202] and len(ids) == 1
         assert answers[20].status_code == 409
     assert await stores.jobs.count_documents({}) == 1
+
+
+def test_one_side_scaled_past_the_output_limit_is_refused_before_resizing() -> None:
+    """A 1x100 image with width 10,000 would be 10,000 x 1,000,000 pixels."""
+    tall = io.BytesIO()
+    Image.new("L", (1, 100)).save(tall, format="PNG")
+    job = ResizeImage(image_base64=base64.b64encode(tall.getvalue()).decode(), width=10_000)
+    with pytest.raises(PermanentError, match="over the 25000000 limit"):
+        resize(tall.getvalue(), job, max_pixels=40_000_000)
