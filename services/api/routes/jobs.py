@@ -123,7 +123,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 @router.get("/jobs", response_model=JobPage)
 async def list_jobs(ctx: Context, status: JobStatus | None = None,
-                    job_type: Annotated[str | None, Query(alias="jobType")] = None,
+                    job_type: Annotated[str | None, Query(alias="jobType", max_length=100)] = None,
                     limit: Annotated[int, Query(ge=1, le=500)] = 50,
                     cursor: Annotated[str | None, Query(max_length=512)] = None) -> JobPage:
     """Jobs newest first, filtered by status and/or jobType, a page at a time."""

@@ -325,3 +325,10 @@ def test_one_side_scaled_past_the_output_limit_is_refused_before_resizing() -> N
     job = ResizeImage(image_base64=base64.b64encode(tall.getvalue()).decode(), width=10_000)
     with pytest.raises(PermanentError, match="over the 25000000 limit"):
         resize(tall.getvalue(), job, max_pixels=40_000_000)
+
+
+async def test_list_filters_are_bounded(api: httpx.AsyncClient) -> None:
+    for params in ({"jobType": "x" * 101}, {"cursor": "a" * 513}, {"limit": 501},
+                   {"limit": 0}, {"status": "DONE"}):
+        r = await api.get("/jobs", params=params)
+        assert r.status_code == 422, (params, r.text[:200])
