@@ -24,6 +24,7 @@ from datetime import timedelta
 from typing import Any
 
 import bson
+import pymongo
 from bson.raw_bson import RawBSONDocument
 from pydantic import ValidationError
 from pymongo.asynchronous.collection import AsyncCollection
@@ -238,9 +239,15 @@ class Submitter:
         except BulkWriteError as exc:
             failed = {e["index"]: e for e in exc.details.get("writeErrors", [])}
         except PyMongoError as exc:
-            _fail_all(waiting, StoreUnavailable("MongoDB is unreachable; the job was "
-                                                "not stored", details=str(exc)))
-            return
+            stored_ids = await self._confirm_stored([doc["_id"] for doc, _ in built])
+            if stored_ids is None:
+                _fail_all(waiting, StoreUnavailable(
+                    "MongoDB did not confirm the write; the job may or may not be stored: "
+                    "submit again with the same idempotencyKey to be sure",
+                    details=str(exc)))
+                return
+            failed = {i: {"errmsg": str(exc)} for i, (doc, _) in enumerate(built)
+                      if doc["_id"] not in stored_ids}
         stored = [(doc, event) for i, (doc, event) in enumerate(built) if i not in failed]
         await self._enqueue(stored)
         for i, ((fields, future), (doc, _)) in enumerate(zip(waiting, built, strict=True)):
@@ -253,6 +260,19 @@ class Submitter:
             else:
                 _resolve(future, exc=StoreUnavailable("the job could not be stored",
                                                       details=failed[i].get("errmsg")))
+
+    async def _confirm_stored(self, ids: list[str]) -> set[str] | None:
+        """Which of these just-inserted ids MongoDB has, after an insert whose answer
+        never came (a lost reply may hide a write that applied); None if it cannot say.
+
+        NOTE: briefly: a MongoDB that stopped answering must still cost the caller less
+        than the 5 s a 503 may take."""
+        try:
+            with pymongo.timeout(min(1.0, self.settings.mongodb_timeout_seconds / 2)):
+                return {d["_id"] async for d in self.jobs.find({"_id": {"$in": ids}},
+                                                                {"_id": 1})}
+        except PyMongoError:
+            return None
 
     async def _enqueue(self, stored: list[tuple[dict[str, Any], Any]]) -> None:
         work = [Enqueue(doc["_id"], Priority(doc["priority"]),
