@@ -24,6 +24,8 @@ import asyncio
 import json
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter, defaultdict
@@ -37,14 +39,28 @@ from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 from standardwebhooks import Webhook
 
-from services.dev.embedded import start_mongodb, start_redis
+from services.dev.embedded import free_port, start_mongodb, start_redis, wait_for_port
 from shared.settings import Settings
 from shared.status import TERMINAL
 from tests.faults import FaultProxy, Match
 from tests.receiver import Receiver
-from tests.support import TEST_WEBHOOK_SECRET, Service, isolated_settings, lines, spawn
+from tests.support import (
+    ROOT,
+    TEST_WEBHOOK_SECRET,
+    Service,
+    isolated_settings,
+    lines,
+    settings_env,
+    spawn,
+)
 
 TERMINAL_VALUES = [s.value for s in TERMINAL]
+API_START_SECONDS = 120.0
+"""How long an API process may take to listen: on a loaded 2-core machine importing
+the app alone has taken over 30 s (tests.support.spawn's bound)."""
+API_START_ATTEMPTS = 5
+"""An API that cannot reach MongoDB at start-up exits; it is started again, as a
+supervisor would, and the failure is reported (see ChaosResult.startup_failures)."""
 PROCESS_FAULTS = ("kill_worker", "kill_scheduler", "kill_notifier", "kill_api")
 STORE_FAULTS = ("restart_redis", "pause_mongodb", "restart_mongodb")
 LINK_FAULTS = ("lose_claim_reply", "lose_outcome_reply", "lose_insert_reply",
@@ -160,17 +176,45 @@ class Cluster:
         self.services: dict[str, list[Service]] = {}
         self.exits: list[Exit] = []
         """Service processes that ended without being killed by the schedule."""
+        self.startup_failures: list[str] = []
         self.mongo_paused = False
 
     def _args(self, name: str) -> tuple[str, ...]:
         return ("--concurrency", str(self.plan.concurrency)) if name == "worker" else ()
 
+    def _spawn(self, name: str) -> Service:
+        if name != "api":
+            return spawn(name, self.settings, self.out, *self._args(name))
+        for _ in range(API_START_ATTEMPTS - 1):
+            try:
+                return self._spawn_api()
+            except RuntimeError as exc:
+                self.startup_failures.append(str(exc)[-1500:])
+        return self._spawn_api()
+
+    def _spawn_api(self) -> Service:
+        port = free_port()
+        output = self.out / f"api-{port}.out"
+        self.out.mkdir(parents=True, exist_ok=True)
+        with output.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "services.api", "--port", str(port)],
+                env=settings_env(self.settings), cwd=ROOT, stdout=out,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        service = Service("api", proc, output, f"http://127.0.0.1:{port}")
+        try:
+            wait_for_port(port, proc, timeout=API_START_SECONDS)
+        except Exception as exc:
+            service.kill()
+            raise RuntimeError(f"api did not start (rc {proc.returncode}):\n"
+                               f"{output.read_text()}") from exc
+        return service
+
     async def start(self) -> None:
         counts = {"api": 1, "scheduler": 2, "notifier": 1, "worker": self.plan.workers}
         for name, n in counts.items():
             self.services[name] = list(await asyncio.gather(*(
-                asyncio.to_thread(spawn, name, self.settings, self.out, *self._args(name))
-                for _ in range(n))))
+                asyncio.to_thread(self._spawn, name) for _ in range(n))))
 
     @property
     def api_url(self) -> str:
@@ -183,8 +227,7 @@ class Cluster:
         await asyncio.to_thread(self.services[name][index].kill)
         if down_for:
             await asyncio.sleep(down_for)
-        self.services[name][index] = await asyncio.to_thread(
-            spawn, name, self.settings, self.out, *self._args(name))
+        self.services[name][index] = await asyncio.to_thread(self._spawn, name)
 
     async def watch_exits(self) -> None:
         """Record and replace processes that died by themselves (not by the schedule)."""
@@ -192,10 +235,12 @@ class Cluster:
             for i, service in enumerate(group):
                 code = service.process.poll()
                 if code is not None and code != -signal.SIGKILL:
-                    tail = service.output.read_text(errors="replace")[-2000:]
-                    self.exits.append(Exit(name, code, tail))
-                    group[i] = await asyncio.to_thread(
-                        spawn, name, self.settings, self.out, *self._args(name))
+                    text = service.output.read_text(errors="replace")
+                    if f'"{name}.started"' in text:
+                        self.exits.append(Exit(name, code, text[-2000:]))
+                    else:  # it never got going: MongoDB unreachable or slow at start-up
+                        self.startup_failures.append(f"{name} rc={code}: {text[-1500:]}")
+                    group[i] = await asyncio.to_thread(self._spawn, name)
 
     async def restart_redis(self) -> None:
         """SIGKILL Redis and start it again on the same port, empty."""
@@ -441,6 +486,8 @@ class ChaosResult:
     """How many count jobs ran n times, by n."""
     webhooks: dict[str, int] = field(default_factory=dict)
     exits: list[Exit] = field(default_factory=list)
+    startup_failures: list[str] = field(default_factory=list)
+    """Processes that exited at start-up (MongoDB unreachable or slow then)."""
     violations: list[str] = field(default_factory=list)
     evidence: list[str] = field(default_factory=list)
 
@@ -454,6 +501,7 @@ class ChaosResult:
         parts = [head, "faults: " + "; ".join(
             f"@{f.at} (t={f.started:.1f}s, {f.took:.1f}s) {f.what}" for f in self.faults)]
         parts += [f"exited by itself: {e.service} rc={e.code}\n{e.tail}" for e in self.exits]
+        parts += [f"start-up failed: {f[-600:]}" for f in self.startup_failures]
         parts += [f"VIOLATION {v}" for v in self.violations[:40]]
         parts += self.evidence[:10]
         return "\n".join(parts)
@@ -522,6 +570,7 @@ async def run_chaos(plan: ChaosPlan, base: Path, receiver: Receiver) -> ChaosRes
                 submitting.cancel()
         result.lost_replies = cluster.redis_proxy.lost + cluster.mongo_proxy.lost
         result.exits = cluster.exits
+        result.startup_failures = cluster.startup_failures
         await check(result, observer, specs, runs, receiver, hook_url)
     finally:
         await observer.close()
