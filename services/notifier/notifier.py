@@ -78,6 +78,10 @@ class Notifier:
                 self.due_at(next_due)
         except (PyMongoError, OSError) as exc:
             log.warning("notifier.delivery_deferred", jobId=job_id, error=str(exc))
+        except Exception as exc:
+            # NOTE: never silent: the outbox keeps the event, its lease expires and the
+            # sweep tries again; the traceback says why it failed.
+            log.exception("notifier.delivery_failed", jobId=job_id, error=str(exc))
         finally:
             self._active.pop(job_id, None)
 
@@ -86,12 +90,16 @@ class Notifier:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)
+                # NOTE: doorbells rung while we were not listening are lost: sweep now.
+                self._wake.set()
                 async for message in pubsub.listen():
                     try:
                         self.ring(json.loads(message["data"])["jobId"])
                     except (ValueError, KeyError, TypeError):
                         log.warning("notifier.bad_event", data=str(message["data"])[:200])
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, UnicodeDecodeError) as exc:
+                # NOTE: a message that is not UTF-8 breaks the decoding connection: start
+                # a new one; the sweep delivers whatever rang meanwhile.
                 log.warning("notifier.doorbell_lost", error=str(exc))
                 await asyncio.sleep(1)
             finally:
@@ -116,29 +124,36 @@ class Notifier:
         return max(MIN_WAIT_SECONDS, wait)
 
     async def run(self, stop: asyncio.Event) -> None:
-        listener = asyncio.create_task(self.listen(), name="doorbell")
+        """Sweep and listen until ``stop``; raises if the listener dies (the process
+        must not live on deaf)."""
         try:
-            while not stop.is_set():
-                # NOTE: from here until the sleep starts, any newly due outbox wakes it.
-                self._wake.clear()
-                self._sleep_until = math.inf
-                wait = self.sweep_interval_seconds
+            async with asyncio.TaskGroup() as group:
+                listener = group.create_task(self.listen(), name="doorbell")
                 try:
-                    await self.sweep()
-                    wait = await self._seconds_to_next_due()
-                except (PyMongoError, OSError) as exc:
-                    log.warning("notifier.sweep_failed", error=str(exc))
-                self._sleep_until = self.clock.timestamp() + wait
-                stopping = asyncio.create_task(stop.wait())
-                woken = asyncio.create_task(self._wake.wait())
-                await asyncio.wait([stopping, woken], timeout=wait,
-                                   return_when=asyncio.FIRST_COMPLETED)
-                for task in (stopping, woken):
-                    task.cancel()
+                    await self._sweep_loop(stop)
+                finally:
+                    listener.cancel()
         finally:
-            listener.cancel()
-            await asyncio.gather(listener, return_exceptions=True)
             await asyncio.gather(*self._active.values(), return_exceptions=True)
+
+    async def _sweep_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            # NOTE: from here until the sleep starts, any newly due outbox wakes it.
+            self._wake.clear()
+            self._sleep_until = math.inf
+            wait = self.sweep_interval_seconds
+            try:
+                await self.sweep()
+                wait = await self._seconds_to_next_due()
+            except (PyMongoError, OSError) as exc:
+                log.warning("notifier.sweep_failed", error=str(exc))
+            self._sleep_until = self.clock.timestamp() + wait
+            stopping = asyncio.create_task(stop.wait())
+            woken = asyncio.create_task(self._wake.wait())
+            await asyncio.wait([stopping, woken], timeout=wait,
+                               return_when=asyncio.FIRST_COMPLETED)
+            for task in (stopping, woken):
+                task.cancel()
 
 
 def make_notifier(settings: Settings, stores: Stores, client: httpx.AsyncClient,
