@@ -38,7 +38,7 @@ import importlib
 import inspect
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Literal, TypeVar
 
 import httpx
@@ -61,8 +61,9 @@ Isolation = Literal["thread", "process"]
 
 
 @dataclass
-class JobContext:
-    """What a handler knows about the run it is in."""
+class ProcessContext:
+    """What a ``def`` handler registered with ``isolation="process"`` knows about its run:
+    the part of :class:`JobContext` that can be pickled into a child process."""
 
     job_id: str
     job_type: str
@@ -72,7 +73,14 @@ class JobContext:
     max_retries: int
     worker_id: str
     log: Log
+    """In a child process its lines go, as JSON, to the worker's stderr (not its log file)."""
     settings: Settings
+
+
+@dataclass
+class JobContext(ProcessContext):
+    """What a handler knows about the run it is in."""
+
     http: httpx.AsyncClient
     """The worker's shared HTTP client (one connection pool per process)."""
     artifacts: JobArtifacts
@@ -92,26 +100,8 @@ class JobContext:
         return await pool.run(func, *args)
 
     def for_process(self) -> ProcessContext:
-        return ProcessContext(job_id=self.job_id, job_type=self.job_type,
-                              attempt=self.attempt, retries=self.retries,
-                              max_retries=self.max_retries, worker_id=self.worker_id,
-                              log=self.log, settings=self.settings)
-
-
-@dataclass(frozen=True)
-class ProcessContext:
-    """What a ``def`` handler registered with ``isolation="process"`` knows about its run:
-    the part of :class:`JobContext` that can be pickled into a child process."""
-
-    job_id: str
-    job_type: str
-    attempt: int
-    retries: int
-    max_retries: int
-    worker_id: str
-    log: Log
-    """Its lines go, as JSON, to the worker's stderr (not to its log file)."""
-    settings: Settings
+        return ProcessContext(**{f.name: getattr(self, f.name)
+                                 for f in fields(ProcessContext)})
 
 
 @dataclass(frozen=True)

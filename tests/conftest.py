@@ -20,6 +20,7 @@ from services.scheduler.scheduler import Scheduler
 from services.worker.worker import Worker
 from shared.jobtypes import load_handler_modules
 from shared.settings import Settings
+from tests.faults import FaultProxy
 from tests.support import isolated_settings
 
 
@@ -125,3 +126,12 @@ async def background(make_worker: Any) -> AsyncIterator[Any]:
     yield start
     for b in started:
         await b.stop()
+
+
+@pytest.fixture
+async def proxy(settings: Settings) -> AsyncIterator[FaultProxy]:
+    """A fault-injecting proxy in front of the test MongoDB (see tests/faults.py)."""
+    assert settings.mongodb_url
+    started = await FaultProxy.for_url(settings.mongodb_url).start()
+    yield started
+    await started.close()

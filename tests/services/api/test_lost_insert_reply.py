@@ -15,14 +15,6 @@ from tests.faults import FaultProxy
 
 
 @pytest.fixture
-async def proxy(settings: Settings) -> AsyncIterator[FaultProxy]:
-    assert settings.mongodb_url
-    started = await FaultProxy.for_url(settings.mongodb_url).start()
-    yield started
-    await started.close()
-
-
-@pytest.fixture
 async def proxied_api(settings: Settings, proxy: FaultProxy
                       ) -> AsyncIterator[httpx.AsyncClient]:
     assert settings.mongodb_url

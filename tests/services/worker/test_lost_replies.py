@@ -24,14 +24,6 @@ from tests.support import lines, submit, wait_finished
 
 
 @pytest.fixture
-async def proxy(settings: Settings) -> AsyncIterator[FaultProxy]:
-    assert settings.mongodb_url
-    started = await FaultProxy.for_url(settings.mongodb_url).start()
-    yield started
-    await started.close()
-
-
-@pytest.fixture
 async def proxied(settings: Settings, proxy: FaultProxy) -> AsyncIterator[Stores]:
     """Stores whose MongoDB traffic goes through the proxy."""
     assert settings.mongodb_url
