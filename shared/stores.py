@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 from beanie import init_beanie
 from pymongo import AsyncMongoClient
+from pymongo.errors import ConnectionFailure, ExecutionTimeout
 from redis.asyncio import Redis
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry as RedisRetry
 
+from shared.logs import get_log
 from shared.models import Job, WebhookDelivery
 from shared.settings import Settings
 
 MONGO_MODELS: list[Any] = [Job, WebhookDelivery]
+STARTUP_WAIT_SECONDS = 120.0
+log = get_log(__name__)
 
 
 async def open_mongo(settings: Settings, *, bounded: bool = False
@@ -34,9 +40,22 @@ async def open_mongo(settings: Settings, *, bounded: bool = False
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
         url, tz_aware=True, serverSelectionTimeoutMS=timeout_ms,
         connectTimeoutMS=timeout_ms, appname="jobqueue", **per_operation)
-    await init_beanie(database=client[settings.mongodb_database],
-                      document_models=MONGO_MODELS)
-    return client
+    # NOTE: a MongoDB that is starting, restarting or briefly frozen is waited for
+    # (index creation included), rather than failing the process at start-up.
+    deadline = time.monotonic() + STARTUP_WAIT_SECONDS
+    delay = 0.2
+    while True:
+        try:
+            await init_beanie(database=client[settings.mongodb_database],
+                              document_models=MONGO_MODELS)
+            return client
+        except (ConnectionFailure, ExecutionTimeout, TimeoutError) as exc:
+            if time.monotonic() + delay > deadline:
+                await client.close()
+                raise
+            log.warning("mongodb.not_ready", error=str(exc)[:300], retryInSeconds=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def open_redis(settings: Settings) -> Redis:

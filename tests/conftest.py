@@ -96,6 +96,7 @@ async def scheduler(settings: Settings, stores: Stores) -> AsyncIterator[Schedul
         # NOTE: stopped by an event, not by cancellation: a cancel that lands inside a
         # PyMongo call can be absorbed by the driver, and the loop would run on.
         while not stop.is_set():
+            await sched.lead()  # renewed as the real scheduler does: a lease expires
             await sched.promote_due()
             await asyncio.sleep(0.02)
 

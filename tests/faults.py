@@ -171,8 +171,11 @@ class ThreadedProxy:
 
     def set(self, **faults: Any) -> None:
         """Set fault attributes (``blackhole``, ``refusing``, ``latency``) on the proxy."""
-        self._loop.call_soon_threadsafe(lambda: [setattr(self.proxy, k, v)
-                                                 for k, v in faults.items()])
+        def apply() -> None:
+            for name, value in faults.items():
+                setattr(self.proxy, name, value)
+
+        self._loop.call_soon_threadsafe(apply)
 
     def reset(self) -> None:
         self._loop.call_soon_threadsafe(self.proxy.reset)

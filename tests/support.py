@@ -102,8 +102,10 @@ def spawn(name: str, settings: Settings, output_dir: Path, *args: str,
     service = Service(name, proc, output, url)
     if port:
         try:
-            wait_for_port(port, proc, timeout=30)
+            # NOTE: generous: on a busy machine an API start takes tens of seconds.
+            wait_for_port(port, proc, timeout=120)
         except Exception as exc:
+            service.kill()
             raise RuntimeError(f"api did not start:\n{output.read_text()}") from exc
     return service
 
@@ -124,8 +126,9 @@ async def wait_finished(jobs: Any, ids: Iterable[str], timeout: float) -> dict[s
     terminal = [s.value for s in TERMINAL]
 
     async def done() -> bool:
-        return await jobs.count_documents(
-            {"_id": {"$in": ids}, "status": {"$in": terminal}}) == len(ids)
+        finished: int = await jobs.count_documents(
+            {"_id": {"$in": ids}, "status": {"$in": terminal}})
+        return finished == len(ids)
 
     try:
         await wait_until(done, timeout, f"{len(ids)} jobs to finish", 0.2)

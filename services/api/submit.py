@@ -191,7 +191,12 @@ class Submitter:
             while self._pending:
                 batch = self._pending[: self.settings.submit_batch_max]
                 del self._pending[: len(batch)]
-                await self._flush(batch)
+                if await self._flush(batch):
+                    # NOTE: MongoDB just failed to answer: the submits that queued up
+                    # meanwhile are answered now rather than made to wait it out again.
+                    waiting, self._pending = self._pending, []
+                    _fail_all(waiting, StoreUnavailable(
+                        "MongoDB is unreachable; the job was not stored, try again"))
         except BaseException as exc:
             # NOTE: a waiter must never hang: whatever stops the flusher (a bug, or
             # cancellation at shutdown) answers the batch in hand and every job waiting.
@@ -205,16 +210,17 @@ class Submitter:
                     self.on_fatal()
             raise
 
-    async def _flush(self, batch: list[Waiter]) -> None:
+    async def _flush(self, batch: list[Waiter]) -> bool:
         """Store and enqueue one batch; every waiter in it is answered, whatever fails
-        (a cancellation is answered by _flush_soon)."""
+        (a cancellation is answered by _flush_soon). True when MongoDB did not answer."""
         try:
-            await self._store(batch)
+            return await self._store(batch)
         except Exception as exc:
             log.exception("submit.flush_failed", jobs=len(batch), errorType=type(exc).__name__)
             _fail_all(batch, StoreUnavailable("the job could not be stored; try again"))
+            return False
 
-    async def _store(self, batch: list[Waiter]) -> None:
+    async def _store(self, batch: list[Waiter]) -> bool:
         now = self.clock.now()
         built, encoded, waiting = [], [], []
         for fields, future in batch:
@@ -232,7 +238,7 @@ class Submitter:
             encoded.append(raw)
             waiting.append((fields, future))
         if not encoded:
-            return
+            return False
         failed: dict[int, dict[str, Any]] = {}
         try:
             await self.jobs.insert_many(encoded, ordered=False)
@@ -245,7 +251,7 @@ class Submitter:
                     "MongoDB did not confirm the write; the job may or may not be stored: "
                     "submit again with the same idempotencyKey to be sure",
                     details=str(exc)))
-                return
+                return True
             failed = {i: {"errmsg": str(exc)} for i, (doc, _) in enumerate(built)
                       if doc["_id"] not in stored_ids}
         stored = [(doc, event) for i, (doc, event) in enumerate(built) if i not in failed]
@@ -260,6 +266,7 @@ class Submitter:
             else:
                 _resolve(future, exc=StoreUnavailable("the job could not be stored",
                                                       details=failed[i].get("errmsg")))
+        return False
 
     async def _confirm_stored(self, ids: list[str]) -> set[str] | None:
         """Which of these just-inserted ids MongoDB has, after an insert whose answer

@@ -115,7 +115,7 @@ async def test_a_slow_pdf_report_stops_at_its_timeout(
     rows = [[f"r{i}c{j}xxxx" for j in range(10)] for i in range(5000)]  # seconds of layout
     job = await submit(api, "generateReport",
                        {"format": "pdf", "title": "big", "columns": list("abcdefghij"),
-                        "rows": rows}, timeoutSeconds=1, maxRetries=0)
+                        "rows": rows}, timeoutSeconds=3, maxRetries=0)
     ran_in: set[int] = set()
 
     async def failed() -> bool:
