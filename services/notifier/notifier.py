@@ -67,15 +67,20 @@ class Notifier:
             self._wake.set()
 
     async def _deliver(self, job_id: str) -> None:
+        earliest: datetime | None = None
         try:
             while True:
                 self._again.discard(job_id)
                 async with self._slots:
                     next_due = await self.deliverer.deliver(job_id)
+                # NOTE: a second look (rung again meanwhile) finds nothing due and says
+                # None: keep the retry time the first look scheduled.
+                if next_due is not None and (earliest is None or next_due < earliest):
+                    earliest = next_due
                 if job_id not in self._again:
                     break
-            if next_due is not None:
-                self.due_at(next_due)
+            if earliest is not None:
+                self.due_at(earliest)
         except (PyMongoError, OSError) as exc:
             log.warning("notifier.delivery_deferred", jobId=job_id, error=str(exc))
         except Exception as exc:
