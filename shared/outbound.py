@@ -163,7 +163,8 @@ class Fetched:
 async def fetch(client: httpx.AsyncClient, guard: OutboundGuard, url: str, *,
                 max_bytes: int, max_redirects: int, timeout_seconds: float,
                 headers: dict[str, str] | None = None) -> Fetched:
-    """GET a caller's URL: every hop checked, at most ``max_bytes`` read.
+    """GET a caller's URL: every hop checked, at most ``max_bytes`` read, the whole
+    fetch (redirects included) within ``timeout_seconds`` or a TimeoutError.
 
     ``guard`` checks each hop's syntax and literal address; the client's transport
     checks the addresses it connects to. A client that is not an
@@ -176,24 +177,33 @@ async def fetch(client: httpx.AsyncClient, guard: OutboundGuard, url: str, *,
             return await fetch(own, guard, url, max_bytes=max_bytes,
                                max_redirects=max_redirects,
                                timeout_seconds=timeout_seconds, headers=headers)
+    first = url
     try:
-        for _ in range(max_redirects + 1):
-            target = guard.check_literal(url)
-            async with client.stream("GET", target, headers=headers,
-                                     timeout=timeout_seconds) as response:
-                if response.is_redirect:
-                    url = str(target.join(response.headers["location"]))
-                    continue
-                body = bytearray()
-                truncated = False
-                async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) > max_bytes:
-                        del body[max_bytes:]
-                        truncated = True
-                        break
-                return Fetched(str(target), response.status_code, response.headers,
-                               bytes(body), truncated)
+        # NOTE: one deadline for the whole fetch, every hop included: the client's
+        # timeout bounds each read, so a server dripping a byte at a time would
+        # otherwise hold the job until its own (much longer) timeout.
+        async with asyncio.timeout(timeout_seconds):
+            for _ in range(max_redirects + 1):
+                target = guard.check_literal(url)
+                async with client.stream("GET", target, headers=headers,
+                                         timeout=timeout_seconds) as response:
+                    if response.is_redirect:
+                        url = str(target.join(response.headers["location"]))
+                        continue
+                    body = bytearray()
+                    truncated = False
+                    async for chunk in response.aiter_bytes():
+                        body += chunk
+                        if len(body) > max_bytes:
+                            del body[max_bytes:]
+                            truncated = True
+                            break
+                    return Fetched(str(target), response.status_code, response.headers,
+                                   bytes(body), truncated)
     except UrlRefused as exc:
         raise PermanentError(f"refused: {exc.message}") from None
+    except TimeoutError:
+        # An ordinary failure: the job is retried (a slow site may be quicker later).
+        raise TimeoutError(f"fetching {first} took longer than {timeout_seconds:g}s "
+                           "(the limit for the whole fetch, redirects included)") from None
     raise PermanentError(f"more than {max_redirects} redirects")

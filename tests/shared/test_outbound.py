@@ -21,7 +21,7 @@ from shared.errors import PermanentError
 from shared.outbound import OutboundClient, OutboundGuard, UrlRefused, fetch, outbound_client
 from shared.settings import Settings
 from tests.certs import LocalCA, make_ca
-from tests.receiver import Receiver, receiver
+from tests.receiver import Receiver, Slow, receiver
 
 INTERNAL = [
     "127.0.0.1", "127.0.0.2", "10.0.0.5", "172.16.3.4", "192.168.1.10", "169.254.169.254",
@@ -211,3 +211,16 @@ async def test_fetch_with_a_plain_client_still_checks_where_it_connects() -> Non
                 await fetch(plain, guard, site.url.replace("127.0.0.1", "loop.test")
                             + "/page", max_bytes=100, max_redirects=0, timeout_seconds=5)
         assert site.at("/page") == []
+
+
+async def test_the_timeout_bounds_the_whole_fetch_not_each_read() -> None:
+    """A server dripping a byte a second never lets one read time out; the fetch as a
+    whole still ends at its deadline."""
+    with receiver() as site:
+        site.on("/drip", Slow(200, (b"x" for _ in range(30)), pause=1.0))
+        site.on("/hop", (302, {"location": "/drip"}, b""))
+        guard = OutboundGuard(["127.0.0.1"])
+        async with outbound_client(["127.0.0.1"], timeout=10) as client:
+            with pytest.raises(TimeoutError, match="took longer than 2s"):
+                await fetch(client, guard, site.url + "/hop", max_bytes=10_000,
+                            max_redirects=1, timeout_seconds=2)

@@ -8,7 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.receiver import Receiver, receiver
+from shared.settings import Settings
+from tests.receiver import Receiver, Slow, receiver
 
 PAGE = b"""<html><head><title> Price list </title></head><body>
 <ul><li class="item"><a href="/a">Apples</a></li><li class="item"><a href="/b">Pears</a></li></ul>
@@ -55,3 +56,20 @@ async def test_internal_targets_are_refused(api: httpx.AsyncClient, site: Receiv
     doc = await run_job("scrapeWebsite", {"url": site.url + "/to-metadata"})
     assert doc["status"] == "FAILED" and doc["attempt"] == 1
     assert "169.254.169.254" in doc["error"]["message"]
+
+
+@pytest.fixture
+def quick_fetch(settings: Settings) -> Settings:
+    """A 2 s fetch deadline (set before the worker starts)."""
+    settings.scrape_timeout_seconds = 2
+    return settings
+
+
+async def test_a_dripping_site_fails_at_the_fetch_deadline(site: Receiver, quick_fetch: Settings,
+                                                           run_job: Any) -> None:
+    """One byte a second never trips a per-read timeout; the whole fetch has one."""
+    site.on("/drip", Slow(200, (b"x" for _ in range(30)), headers=HTML, pause=1.0))
+    doc = await run_job("scrapeWebsite", {"url": site.url + "/drip"}, timeout=60,
+                        timeoutSeconds=60, maxRetries=0)
+    assert doc["status"] == "FAILED"
+    assert "took longer than 2s" in doc["error"]["message"], doc["error"]
