@@ -19,6 +19,8 @@ MAX_RECIPIENTS = 100
 """to, cc and bcc together (most SMTP servers refuse more in one message)."""
 MAX_BODY_BYTES = 1024 * 1024
 """body and html together, UTF-8."""
+LINE_BREAKS = frozenset("\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
+"""What Python's email package reads as the end of a header line (str.splitlines)."""
 
 
 class SendEmail(Payload):
@@ -35,6 +37,17 @@ class SendEmail(Payload):
     @classmethod
     def _one_or_many(cls, to: Any) -> Any:
         return [to] if isinstance(to, str) else to
+
+    @field_validator("subject")
+    @classmethod
+    def _one_header_line(cls, subject: str) -> str:
+        """A line break would start a new header (``hi\\r\\nBcc: ...``); the email
+        package refuses it when the message is built, so refuse it here, at submit.
+        (The addresses are validated as addresses, which cannot hold one.)"""
+        if LINE_BREAKS.intersection(subject):
+            raise ValueError("the subject is one header line: no CR, LF or other line "
+                             "breaks")
+        return subject
 
     @model_validator(mode="after")
     def _bounded(self) -> SendEmail:

@@ -7,10 +7,12 @@ from collections.abc import Iterator
 from email import policy
 from typing import Any
 
+import httpx
 import pytest
 from aiosmtpd.controller import Controller
 
 from services.dev.embedded import free_port
+from services.runtime import Stores
 from shared.settings import Settings
 
 
@@ -76,3 +78,17 @@ async def test_5xx_fails_after_one_attempt(mailbox: Mailbox, run_job: Any) -> No
     doc = await run_job("sendEmail", {"to": "ada@example.com", "subject": "s", "body": "b"})
     assert doc["status"] == "FAILED" and doc["attempt"] == 1
     assert doc["error"]["type"] == "PermanentError" and "550" in doc["error"]["message"]
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("subject", "hi\r\nBcc: v@example.com"), ("subject", "hi\nthere"), ("subject", "a\rb"),
+    ("subject", "a\u2028b"), ("replyTo", "a@example.com\r\nBcc: v@example.com"),
+    ("to", "a@example.com\nBcc: v@example.com"),
+])
+async def test_a_line_break_in_a_header_is_422_at_submit(
+        api: httpx.AsyncClient, stores: Stores, field: str, value: str) -> None:
+    payload = {"to": "ada@example.com", "subject": "s", "body": "b", field: value}
+    r = await api.post("/jobs", json={"jobType": "sendEmail", "payload": payload})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["details"][0]["field"].startswith(f"payload.{field}")
+    assert await stores.jobs.count_documents({}) == 0
