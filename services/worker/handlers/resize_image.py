@@ -10,7 +10,9 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-from typing import Any, Literal
+import math
+import re
+from typing import Any, Literal, cast
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -25,6 +27,11 @@ OUTPUT_FORMATS = ("png", "jpeg", "webp")
 MAX_OUTPUT_PIXELS = 25_000_000
 """The largest output (100 MB as RGBA): checked at submit when both sides are given,
 and before resizing when one side is scaled from the input's aspect ratio."""
+SAVABLE_MODES = {"png": {"1", "L", "LA", "P", "RGB", "RGBA"}, "jpeg": {"1", "L", "RGB"},
+                 "webp": {"RGB", "RGBA"}}
+"""The pixel modes each output format is written in; any other is converted first
+(CMYK photos, LAB, 32-bit integer and float TIFFs)."""
+OBJECT_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
 
 
 class ResizeImage(Payload):
@@ -70,11 +77,33 @@ class ResizeImage(Payload):
 
 
 def resize(data: bytes, job: ResizeImage, max_pixels: int) -> tuple[bytes, str, int, int]:
-    """Resize in memory; raises PermanentError for input that can never work."""
+    """Resize in memory; raises PermanentError for input that can never work.
+
+    NOTE: everything here works on bytes in memory (no network, no disk), so an error
+    Pillow raises is about this input and the same bytes would fail the same way on a
+    retry: it is permanent. Only running out of memory may pass.
+    """
+    try:
+        return _resize(data, job, max_pixels)
+    except (PermanentError, MemoryError):
+        raise
+    except Exception as exc:
+        raise PermanentError(f"the image cannot be processed: {_plain(exc)}") from None
+
+
+def _plain(exc: Exception) -> str:
+    """The error's message without object reprs (``<_io.BytesIO object at 0x...>``)."""
+    return OBJECT_REPR.sub("the image", str(exc)) or type(exc).__name__
+
+
+def _resize(data: bytes, job: ResizeImage, max_pixels: int) -> tuple[bytes, str, int, int]:
     try:
         image = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as exc:
-        raise PermanentError(f"not a readable image: {exc}") from None
+    except UnidentifiedImageError:
+        raise PermanentError("not a readable image: not a format Pillow recognises"
+                             ) from None
+    except (Image.DecompressionBombError, OSError) as exc:
+        raise PermanentError(f"not a readable image: {_plain(exc)}") from None
     if image.format not in INPUT_FORMATS:
         raise PermanentError(f"image format {image.format} is not accepted")
     w, h = image.size
@@ -83,7 +112,7 @@ def resize(data: bytes, job: ResizeImage, max_pixels: int) -> tuple[bytes, str, 
     try:
         image.load()
     except (OSError, Image.DecompressionBombError) as exc:
-        raise PermanentError(f"image data is damaged: {exc}") from None
+        raise PermanentError(f"image data is damaged: {_plain(exc)}") from None
     width = job.width or max(1, round(w * (job.height or h) / h))
     height = job.height or max(1, round(h * (job.width or w) / w))
     if width * height > MAX_OUTPUT_PIXELS:  # one side given, the other scaled up
@@ -97,12 +126,33 @@ def resize(data: bytes, job: ResizeImage, max_pixels: int) -> tuple[bytes, str, 
         out = image.resize((width, height))
     fmt = job.format or (image.format.lower() if image.format.lower() in OUTPUT_FORMATS
                          else "png")
-    if fmt == "jpeg" and out.mode not in ("RGB", "L"):
-        out = out.convert("RGB")
+    out = savable(out, fmt)
     buffer = io.BytesIO()
     options = {"quality": job.quality} if job.quality and fmt != "png" else {}
     out.save(buffer, format=fmt.upper(), **options)
     return buffer.getvalue(), fmt, out.width, out.height
+
+
+def savable(image: Image.Image, fmt: str) -> Image.Image:
+    """``image`` in a pixel mode ``fmt`` can be written in."""
+    if image.mode == "F" or image.mode.startswith("I"):
+        image = _grey(image)
+    if image.mode in SAVABLE_MODES[fmt]:
+        return image
+    alpha = image.has_transparency_data
+    return image.convert("RGBA" if alpha and "RGBA" in SAVABLE_MODES[fmt] else "RGB")
+
+
+def _grey(image: Image.Image) -> Image.Image:
+    """A 16/32-bit integer or float image as 8-bit grey, its range stretched to 0-255
+    (what a viewer shows; a plain conversion would clip nearly everything to white)."""
+    if image.mode != "F":
+        image = image.convert("I")
+    low, high = cast(tuple[float, float], image.getextrema())
+    if not (math.isfinite(low) and math.isfinite(high)) or high <= low:
+        low, high = 0, 255
+    scale = 255 / (high - low)
+    return image.point(lambda v: (v - low) * scale).convert("L")
 
 
 async def load_input(job: ResizeImage, ctx: JobContext, settings: Settings) -> bytes:

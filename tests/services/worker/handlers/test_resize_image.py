@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
+import struct
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -73,3 +75,50 @@ async def test_decompression_bomb_and_non_images_are_refused(run_job: Any) -> No
     doc = await run_job("resizeImage", {"imageBase64": base64.b64encode(b"hello").decode(),
                                         "width": 10})
     assert doc["status"] == "FAILED" and "not a readable image" in doc["error"]["message"]
+
+
+def encoded(image: Image.Image, fmt: str) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def ramp(mode: str, high: float) -> Image.Image:
+    """A 64x32 left-to-right ramp from 0 to ``high`` in ``mode``."""
+    image = Image.new(mode, (64, 32))
+    for x in range(64):
+        for y in range(32):
+            value = high * x / 63
+            image.putpixel((x, y), value if mode == "F" else round(value))
+    return image
+
+
+@pytest.mark.parametrize(("source", "fmt"), [
+    (Image.new("CMYK", (64, 32), (0, 255, 255, 0)), "JPEG"),  # a print-ready photo
+    (ramp("I", 1_000_000), "TIFF"),                           # 32-bit integer samples
+    (ramp("F", 0.5), "TIFF"),                                 # float samples
+    (Image.new("LAB", (64, 32), (50, 20, 20)), "TIFF"),
+])
+@pytest.mark.parametrize("output", [None, "jpeg", "webp"])
+async def test_every_input_mode_is_written_in_a_mode_the_output_holds(
+        api: httpx.AsyncClient, run_job: Any, source: Image.Image, fmt: str,
+        output: str | None) -> None:
+    payload = {"imageBase64": encoded(source, fmt), "width": 32}
+    doc = await run_job("resizeImage", {**payload, "format": output} if output else payload)
+    image = await resized(api, doc)
+    assert image.size == (32, 16) and image.mode in ("L", "RGB", "RGBA")
+    if source.mode in ("I", "F"):  # the range is stretched to black..white, not clipped
+        low, high = image.convert("L").getextrema()
+        assert low < 20 and high > 235
+
+
+async def test_input_pillow_refuses_fails_once_with_a_clean_message(run_job: Any) -> None:
+    ihdr = b"IHDR" + b"\x00" * 5  # a PNG header chunk 5 bytes long instead of 13
+    png = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 5) + ihdr + struct.pack(
+        ">I", zlib.crc32(ihdr))
+    for data in (png, b"hello", b"GIF89a" + b"\x00" * 20):
+        doc = await run_job("resizeImage", {"imageBase64": base64.b64encode(data).decode(),
+                                            "width": 10})
+        assert doc["status"] == "FAILED" and doc["attempt"] == 1, doc.get("error")
+        message = doc["error"]["message"]
+        assert " at 0x" not in message and "<_io" not in message, message
