@@ -73,3 +73,37 @@ async def test_a_dripping_site_fails_at_the_fetch_deadline(site: Receiver, quick
                         timeoutSeconds=60, maxRetries=0)
     assert doc["status"] == "FAILED"
     assert "took longer than 2s" in doc["error"]["message"], doc["error"]
+
+
+@pytest.mark.parametrize("charset", ["rot13", "base64", "nosuch", "idna", '"utf-8"'])
+async def test_an_unusable_charset_falls_back_to_utf8(site: Receiver, run_job: Any,
+                                                      charset: str) -> None:
+    site.on("/odd", (200, {"content-type": f"text/html; charset={charset}"},
+                     "<title>Caf\u00e9</title><p id='x'>na\u00efve</p>".encode()))
+    doc = await run_job("scrapeWebsite", {"url": site.url + "/odd",
+                                          "selectors": {"x": "#x"}})
+    assert doc["status"] == "COMPLETED", doc.get("error")
+    assert doc["result"]["title"] == "Caf\u00e9"
+    assert doc["result"]["values"] == {"x": ["na\u00efve"]}
+
+
+async def test_extraction_is_bounded(site: Receiver, run_job: Any) -> None:
+    """1,500 matches keep 1,000; 3,000-character values keep 2,000; past 512 KiB of
+    values extraction stops; the result says so."""
+    page = ("<html><body>" + "<i>x</i>" * 1_500 + ("<p>" + "y" * 3_000 + "</p>") * 300
+            + "<b>late</b></body></html>")
+    site.on("/big", (200, HTML, page.encode()))
+    doc = await run_job("scrapeWebsite", {"url": site.url + "/big", "selectors": {
+        "many": "i", "long": "p", "after": "b"}})
+    assert doc["status"] == "COMPLETED", doc.get("error")
+    result = doc["result"]
+    assert result["valuesTruncated"] is True and result["truncated"] is False
+    values = result["values"]
+    assert values["many"] == ["x"] * 1_000
+    assert 0 < len(values["long"]) < 300
+    assert all(v == "y" * 2_000 for v in values["long"])
+    assert values["after"] == []
+    assert sum(len(v) for v in [*values["many"], *values["long"]]) <= 512 * 1024
+    doc = await run_job("scrapeWebsite", {"url": site.url + "/prices",
+                                          "selectors": {"items": "li.item a"}})
+    assert doc["result"]["valuesTruncated"] is False
