@@ -3,6 +3,7 @@ status, in one place. Bad input is never a 500; a store that does not answer is 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -65,11 +66,25 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 def _allowed_methods(request: Request) -> list[str]:
     """Every method some route serves at this path (Starlette's own 405 names only those
     of the first route whose path matched, e.g. GET but not POST for ``/jobs``)."""
+    matching = [route for route in _routes(request.app.router.routes)
+                if isinstance(route, Route)
+                and route.matches(request.scope)[0] is not Match.NONE]
+    # NOTE: a literal path (/jobs/batch) is its own resource, not /jobs/{job_id}'s.
+    literal = [route for route in matching if not route.param_convertors]
     methods: set[str] = set()
-    for route in request.app.router.routes:
-        if isinstance(route, Route) and route.matches(request.scope)[0] is not Match.NONE:
-            methods |= route.methods or set()
+    for route in literal or matching:
+        methods |= route.methods or set()
     return sorted(methods)
+
+
+def _routes(routes: Iterable[Any]) -> Iterator[Any]:
+    """Every route, including those of included routers (FastAPI nests them)."""
+    for route in routes:
+        inner = getattr(route, "original_router", None) or getattr(route, "router", None)
+        if inner is not None and hasattr(inner, "routes"):
+            yield from _routes(inner.routes)
+        else:
+            yield route
 
 
 async def _store_down(_: Request, exc: Exception) -> JSONResponse:

@@ -19,8 +19,9 @@ CallbackEvent = StrEnum(  # type: ignore[misc]
 """The event types a callback can ask for: one per status (``job.completed``, ...)."""
 MAX_UTC_OFFSET = timedelta(hours=18)
 """The widest UTC offset ISO 8601 / RFC 3339 readers (and BSON round trips) agree on."""
-IDEMPOTENCY_KEY = r"^[^\x00-\x1f\x7f]+$"
-"""No control characters: the key also travels as an HTTP header."""
+IDEMPOTENCY_KEY = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]+$"
+"""No control characters (C0, C1) or line separators: the key also travels as an HTTP
+header."""
 
 
 class Camel(BaseModel):

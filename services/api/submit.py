@@ -46,6 +46,9 @@ from shared.status import JobStatus, Priority
 
 log = get_log(__name__)
 DUPLICATE_KEY = 11000
+INSERT_CHUNK_BYTES = 2 * 1024 * 1024
+"""A group commit inserts at most this much per operation, so each stays well within
+the API's per-operation MongoDB budget."""
 
 
 @dataclass(frozen=True)
@@ -239,34 +242,55 @@ class Submitter:
             waiting.append((fields, future))
         if not encoded:
             return False
-        failed: dict[int, dict[str, Any]] = {}
-        try:
-            await self.jobs.insert_many(encoded, ordered=False)
-        except BulkWriteError as exc:
-            failed = {e["index"]: e for e in exc.details.get("writeErrors", [])}
-        except PyMongoError as exc:
-            stored_ids = await self._confirm_stored([doc["_id"] for doc, _ in built])
-            if stored_ids is None:
-                _fail_all(waiting, StoreUnavailable(
-                    "MongoDB did not confirm the write; the job may or may not be stored: "
-                    "submit again with the same idempotencyKey to be sure",
-                    details=str(exc)))
-                return True
-            failed = {i: {"errmsg": str(exc)} for i, (doc, _) in enumerate(built)
-                      if doc["_id"] not in stored_ids}
-        stored = [(doc, event) for i, (doc, event) in enumerate(built) if i not in failed]
+        failed, unconfirmed, unsent = await self._insert(encoded, [d["_id"] for d, _ in built])
+        stored = [(doc, event) for i, (doc, event) in enumerate(built)
+                  if i not in failed and i not in unconfirmed and i not in unsent]
         await self._enqueue(stored)
         for i, ((fields, future), (doc, _)) in enumerate(zip(waiting, built, strict=True)):
-            if i not in failed:
+            if i in unconfirmed:
+                _resolve(future, exc=StoreUnavailable(
+                    "MongoDB did not confirm the write in time; the job may or may not be "
+                    "stored: submit again with the same idempotencyKey to be sure",
+                    code="store_unconfirmed"))
+            elif i in unsent:
+                _resolve(future, exc=StoreUnavailable(
+                    "MongoDB is unreachable; the job was not stored, try again"))
+            elif i not in failed:
                 _resolve(future, Accepted(doc["_id"], JobStatus(doc["status"]), True))
             elif failed[i].get("code") == DUPLICATE_KEY and fields.get("idempotency_key"):
                 task = asyncio.create_task(self._resolve_duplicate(fields, future))
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
             else:
-                _resolve(future, exc=StoreUnavailable("the job could not be stored",
-                                                      details=failed[i].get("errmsg")))
-        return False
+                log.warning("submit.insert_refused", jobId=doc["_id"],
+                            error=str(failed[i].get("errmsg"))[:300])
+                _resolve(future, exc=StoreUnavailable("the job could not be stored"))
+        return bool(unconfirmed)
+
+    async def _insert(self, encoded: list[RawBSONDocument], ids: list[str]
+                      ) -> tuple[dict[int, dict[str, Any]], set[int], set[int]]:
+        """Insert in chunks of at most INSERT_CHUNK_BYTES, each its own operation (with
+        its own time budget). Returns the write errors by index, the indexes MongoDB did
+        not confirm (it did not answer; they may be stored), and those never sent
+        (after MongoDB stopped answering)."""
+        failed: dict[int, dict[str, Any]] = {}
+        start = 0
+        for end in _chunk_ends([len(raw.raw) for raw in encoded], INSERT_CHUNK_BYTES):
+            try:
+                await self.jobs.insert_many(encoded[start:end], ordered=False)
+            except BulkWriteError as exc:
+                failed.update({start + e["index"]: e
+                               for e in exc.details.get("writeErrors", [])})
+            except PyMongoError as exc:
+                log.warning("submit.insert_unanswered", jobs=end - start,
+                            errorType=type(exc).__name__, error=str(exc)[:300])
+                stored_ids = await self._confirm_stored(ids[start:end])
+                if stored_ids is None:
+                    return failed, set(range(start, end)), set(range(end, len(ids)))
+                failed.update({i: {"errmsg": str(exc)} for i in range(start, end)
+                               if ids[i] not in stored_ids})
+            start = end
+        return failed, set(), set()
 
     async def _confirm_stored(self, ids: list[str]) -> set[str] | None:
         """Which of these just-inserted ids MongoDB has, after an insert whose answer
@@ -327,6 +351,17 @@ def _first_use_of_keys(batch: list[dict[str, Any]]) -> dict[str, int]:
                            "requests; nothing was stored", code="idempotency_conflict",
                            details={"jobs": [j, i], "idempotencyKey": key})
     return owner
+
+
+def _chunk_ends(sizes: list[int], max_bytes: int) -> list[int]:
+    """End indexes of consecutive chunks of at most ``max_bytes`` (at least one item)."""
+    ends, total = [], 0
+    for i, size in enumerate(sizes):
+        if total and total + size > max_bytes:
+            ends.append(i)
+            total = 0
+        total += size
+    return [*ends, len(sizes)]
 
 
 def _first(*values: Any) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import Awaitable
@@ -13,6 +14,7 @@ from redis.exceptions import RedisError
 
 from services.api.deps import Context
 from services.api.schemas import (
+    IDEMPOTENCY_KEY,
     BatchSubmitRequest,
     BatchSubmitResponse,
     JobPage,
@@ -40,7 +42,10 @@ SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"model": SubmitResponse,
           "description": "The idempotency key matched an earlier identical request: that job."},
     **SUBMIT_ERRORS}
-IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)]
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1,
+                                              max_length=255, pattern=IDEMPOTENCY_KEY)]
+PREPARE_CONCURRENCY = 32
+"""Jobs of a batch validated at once (their callback URLs' DNS look-ups overlap)."""
 
 
 def _answer(accepted: Accepted, response: Response) -> SubmitResponse:
@@ -66,12 +71,23 @@ async def submit_job(body: SubmitRequest, ctx: Context, response: Response,
              responses=SUBMIT_ERRORS)
 async def submit_batch(body: BatchSubmitRequest, ctx: Context) -> BatchSubmitResponse:
     """Accept many jobs at once; nothing is stored unless every one is valid."""
-    fields, problems = [], []
-    for i, request in enumerate(body.jobs):
-        try:
-            fields.append(await ctx.submitter.prepare(request, where=("jobs", i)))
-        except InvalidInput as exc:
-            problems += exc.details
+    gate = asyncio.Semaphore(PREPARE_CONCURRENCY)
+
+    async def prepare(i: int, request: SubmitRequest) -> dict[str, Any]:
+        async with gate:
+            return await ctx.submitter.prepare(request, where=("jobs", i))
+
+    prepared = await asyncio.gather(*(prepare(i, r) for i, r in enumerate(body.jobs)),
+                                    return_exceptions=True)
+    fields: list[dict[str, Any]] = []
+    problems: list[Any] = []
+    for result in prepared:
+        if isinstance(result, InvalidInput):
+            problems += result.details
+        elif isinstance(result, BaseException):
+            raise result
+        else:
+            fields.append(result)
     if problems:
         raise InvalidInput("some jobs in the batch are invalid; none was stored",
                            details=problems)

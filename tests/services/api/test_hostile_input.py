@@ -332,3 +332,36 @@ async def test_list_filters_are_bounded(api: httpx.AsyncClient) -> None:
                    {"limit": 0}, {"status": "DONE"}):
         r = await api.get("/jobs", params=params)
         assert r.status_code == 422, (params, r.text[:200])
+
+
+@pytest.mark.parametrize("key", ["zz\tb", "zz\x01b"])
+async def test_idempotency_key_header_refuses_control_characters(
+        api: httpx.AsyncClient, stores: Stores, key: str) -> None:
+    r = await api.post("/jobs", json={"jobType": "echo", "payload": {"text": "x"}},
+                       headers={"Idempotency-Key": key})
+    assert r.status_code == 422, r.text
+    assert await stores.jobs.count_documents({}) == 0
+
+
+@pytest.mark.parametrize(("method", "path", "allow"), [
+    ("PUT", "/jobs", "GET, POST"), ("PATCH", "/healthz", "GET"),
+    ("GET", "/submit-job", "POST"), ("GET", "/jobs/job_x/cancel", "POST")])
+async def test_405_names_the_methods_the_path_serves(api: httpx.AsyncClient, method: str,
+                                                     path: str, allow: str) -> None:
+    r = await api.request(method, path)
+    assert r.status_code == 405 and r.headers["allow"] == allow
+    assert r.json()["error"]["code"] == "method_not_allowed"
+
+
+async def test_large_submits_beside_small_ones_are_all_stored_and_answered(
+        api: httpx.AsyncClient, stores: Stores) -> None:
+    """Many large documents arriving together: inserted in chunks, each within the
+    per-operation budget, so no submit is told 503 for a job that was in fact stored."""
+    rows = [[i, i + 1] for i in range(30_000)]  # many small BSON values: slow to store
+    big = {"jobType": "generateReport",
+           "payload": {"format": "csv", "title": "t", "columns": ["a", "b"], "rows": rows}}
+    small = {"jobType": "echo", "payload": {"text": "y"}}
+    replies = await asyncio.gather(*(api.post("/jobs", json=body)
+                                     for body in [big] * 30 + [small] * 50))
+    assert [r.status_code for r in replies] == [202] * 80, {r.text[:200] for r in replies}
+    assert await stores.jobs.count_documents({}) == 80
