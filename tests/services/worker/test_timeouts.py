@@ -13,7 +13,7 @@ import httpx
 
 from services.runtime import Stores
 from services.scheduler.scheduler import Scheduler
-from shared.procpool import ProcessPool, default_pool
+from shared.procpool import ProcessPool
 from tests.support import lines, submit, wait_finished, wait_until
 
 
@@ -25,10 +25,17 @@ def gone(pid: int) -> bool:
     return False
 
 
-def pool_of(background: Any) -> ProcessPool:
-    """The pool the worker's jobs use: its own if it has one, else the default pool."""
-    pool = getattr(background.worker, "processes", None)
-    return pool or default_pool(background.worker.settings.process_pool_size)
+async def warm_pool_of(background: Any) -> ProcessPool:
+    """The worker's own process pool, once it runs, with a child started and idle (so a
+    job's timeout is spent on its work, not on starting a process)."""
+
+    async def running() -> bool:
+        return hasattr(background.worker, "processes")
+
+    await wait_until(running, 30, "the worker's process pool")
+    pool: ProcessPool = background.worker.processes
+    await pool.run(os.getpid)
+    return pool
 
 
 async def pids_in(path: Path, count: int) -> list[int]:
@@ -111,7 +118,7 @@ async def test_a_child_that_dies_is_an_ordinary_failure_and_the_pool_recovers(
 async def test_a_slow_pdf_report_stops_at_its_timeout(
         api: httpx.AsyncClient, stores: Stores, background: Any) -> None:
     worker = background()
-    pool = pool_of(worker)
+    pool = await warm_pool_of(worker)
     rows = [[f"r{i}c{j}xxxx" for j in range(10)] for i in range(5000)]  # seconds of layout
     job = await submit(api, "generateReport",
                        {"format": "pdf", "title": "big", "columns": list("abcdefghij"),
