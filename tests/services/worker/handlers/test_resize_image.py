@@ -99,7 +99,7 @@ def ramp(mode: str, high: float) -> Image.Image:
     (ramp("F", 0.5), "TIFF"),                                 # float samples
     (Image.new("LAB", (64, 32), (50, 20, 20)), "TIFF"),
 ])
-@pytest.mark.parametrize("output", [None, "jpeg", "webp"])
+@pytest.mark.parametrize("output", [None, "png", "jpeg", "webp"])
 async def test_every_input_mode_is_written_in_a_mode_the_output_holds(
         api: httpx.AsyncClient, run_job: Any, source: Image.Image, fmt: str,
         output: str | None) -> None:
