@@ -166,3 +166,12 @@ async def submit(api: httpx.AsyncClient, job_type: str, payload: dict[str, Any],
     assert r.status_code == 202, r.text
     job_id: str = r.json()["jobId"]
     return job_id
+
+
+def gone(pid: int) -> bool:
+    """True once no process has this id (it exited and was reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False

@@ -16,7 +16,7 @@ import pytest
 
 from shared.errors import PermanentError, ProcessDied, RemoteError, Retry
 from shared.procpool import ProcessPool
-from tests.support import lines, wait_until
+from tests.support import gone, lines, wait_until
 
 # -- what the children run (module level: a call is pickled by name) ------------------
 
@@ -71,14 +71,6 @@ async def pool() -> AsyncIterator[ProcessPool]:
         yield p
     finally:
         await p.close()
-
-
-def gone(process_id: int) -> bool:
-    try:
-        os.kill(process_id, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 async def started(path: Path) -> int:

@@ -14,15 +14,7 @@ import httpx
 from services.runtime import Stores
 from services.scheduler.scheduler import Scheduler
 from shared.procpool import ProcessPool
-from tests.support import lines, submit, wait_finished, wait_until
-
-
-def gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
+from tests.support import gone, lines, submit, wait_finished, wait_until
 
 
 async def warm_pool_of(background: Any) -> ProcessPool:
