@@ -28,7 +28,7 @@ import pymongo
 from bson.raw_bson import RawBSONDocument
 from pydantic import ValidationError
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import BulkWriteError, PyMongoError
+from pymongo.errors import BulkWriteError, PyMongoError, ServerSelectionTimeoutError
 
 from services.api import storable
 from services.api.errors import field_errors
@@ -265,7 +265,7 @@ class Submitter:
                 log.warning("submit.insert_refused", jobId=doc["_id"],
                             error=str(failed[i].get("errmsg"))[:300])
                 _resolve(future, exc=StoreUnavailable("the job could not be stored"))
-        return bool(unconfirmed)
+        return bool(unconfirmed or unsent)
 
     async def _insert(self, encoded: list[RawBSONDocument], ids: list[str]
                       ) -> tuple[dict[int, dict[str, Any]], set[int], set[int]]:
@@ -281,6 +281,10 @@ class Submitter:
             except BulkWriteError as exc:
                 failed.update({start + e["index"]: e
                                for e in exc.details.get("writeErrors", [])})
+            except ServerSelectionTimeoutError as exc:
+                # NOTE: no server to send to: certainly not stored.
+                log.warning("submit.mongodb_unreachable", error=str(exc)[:300])
+                return failed, set(), set(range(start, len(ids)))
             except PyMongoError as exc:
                 log.warning("submit.insert_unanswered", jobs=end - start,
                             errorType=type(exc).__name__, error=str(exc)[:300])
