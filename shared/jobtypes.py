@@ -47,7 +47,7 @@ from pydantic import BaseModel
 from shared.artifacts import JobArtifacts
 from shared.errors import PermanentError, Retry
 from shared.logs import Log, bound
-from shared.procpool import ProcessPool, default_pool
+from shared.procpool import ProcessPool
 from shared.settings import Settings
 
 __all__ = ["REGISTRY", "Isolation", "JobContext", "JobType", "PermanentError",
@@ -85,8 +85,8 @@ class JobContext(ProcessContext):
     """The worker's shared HTTP client (one connection pool per process)."""
     artifacts: JobArtifacts
     """Files this run produces: ``await ctx.artifacts.save(name, data, content_type)``."""
-    processes: ProcessPool | None = None
-    """The worker's process pool; None: this process's default pool."""
+    processes: ProcessPool
+    """The worker's process pool (``run_in_process``, ``isolation="process"``)."""
 
     async def run_in_process(self, func: Callable[..., T], *args: Any) -> T:
         """``func(*args)`` in a child process of the worker's pool, and its result.
@@ -96,8 +96,7 @@ class JobContext(ProcessContext):
         a child that dies raises ProcessDied (retried); what ``func`` raises comes back as
         itself (a PermanentError is not retried) with the child's traceback as its cause.
         """
-        pool = self.processes or default_pool(self.settings.process_pool_size)
-        return await pool.run(func, *args)
+        return await self.processes.run(func, *args)
 
     def for_process(self) -> ProcessContext:
         return ProcessContext(**{f.name: getattr(self, f.name)

@@ -53,7 +53,7 @@ from typing import Any, TypeVar, cast
 from shared.errors import ProcessDied, RemoteError
 from shared.logs import JsonFormatter
 
-__all__ = ["ProcessDied", "ProcessPool", "RemoteError", "close_default_pool", "default_pool"]
+__all__ = ["ProcessDied", "ProcessPool", "RemoteError"]
 
 T = TypeVar("T")
 _HEADER = struct.Struct("!Q")
@@ -297,25 +297,9 @@ def _exit_status(code: int | None) -> str:
     return f"exit code {code}"
 
 
-# -- the default pool -----------------------------------------------------------------
+# -- at exit ---------------------------------------------------------------------------
 
 _pools: weakref.WeakSet[ProcessPool] = weakref.WeakSet()
-_default: ProcessPool | None = None
-
-
-def default_pool(size: int) -> ProcessPool:
-    """This process's shared pool, created on first use with ``size`` children at most."""
-    global _default
-    if _default is None or _default._closed:
-        _default = ProcessPool(size)
-    return _default
-
-
-async def close_default_pool() -> None:
-    global _default
-    if _default is not None:
-        pool, _default = _default, None
-        await pool.close()
 
 
 @atexit.register

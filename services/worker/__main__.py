@@ -8,7 +8,6 @@ import asyncio
 from services.runtime import on_stop_signals, open_stores, start_service
 from services.worker.worker import Worker
 from shared.jobtypes import load_handler_modules, shutdown_handler_threads
-from shared.procpool import close_default_pool
 
 
 async def serve(concurrency: int | None, burst: bool) -> None:
@@ -23,7 +22,6 @@ async def serve(concurrency: int | None, burst: bool) -> None:
     try:
         await worker.run(burst=burst)
     finally:
-        await close_default_pool()  # NOTE: after the drain: no call is still running
         shutdown_handler_threads()
         await stores.close()
 
