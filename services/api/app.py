@@ -21,7 +21,7 @@ from services.runtime import open_stores
 from shared.jobtypes import load_handler_modules
 from shared.logs import flush_logs
 from shared.settings import Settings
-from shared.supervise import supervise
+from shared.supervise import cancel_and_wait, supervise
 
 EXIT_HELPER_CRASHED = 70  # EX_SOFTWARE: a supervised helper died
 
@@ -48,8 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            subscriber.cancel()
-            await asyncio.gather(subscriber, return_exceptions=True)
+            await cancel_and_wait([subscriber])
             await submitter.close()
             await stores.close()
             if crashed.is_set():

@@ -27,6 +27,7 @@ from services.runtime import Stores
 from shared.clock import RedisClock
 from shared.logs import get_log
 from shared.settings import Settings
+from shared.supervise import cancel_and_wait
 from webhooks.delivery import OutboxDeliverer
 from webhooks.sender import Sender, attempt_deadline
 
@@ -137,7 +138,7 @@ class Notifier:
                 try:
                     await self._sweep_loop(stop)
                 finally:
-                    listener.cancel()
+                    await cancel_and_wait([listener])
         finally:
             await asyncio.gather(*self._active.values(), return_exceptions=True)
 

@@ -43,6 +43,7 @@ from shared.procpool import ProcessPool
 from shared.queue import Delivery, Enqueue, RedisQueue, Settle
 from shared.settings import Settings
 from shared.status import PRIORITIES_IN_READ_ORDER, JobStatus
+from shared.supervise import cancel_and_wait
 
 log = get_log(__name__)
 TRACEBACK_TAIL_CHARS = 4000
@@ -145,8 +146,7 @@ class Worker:
                 await self._claim_loop(burst)
                 await self._drain()
                 await self.recorder.flushed()
-                for task in helpers:
-                    task.cancel()
+                await cancel_and_wait(helpers)
         except BaseExceptionGroup as exc:
             log.critical("worker.helper_died", workerId=self.worker_id,
                          error=repr(exc.exceptions[0]))

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from shared.logs import JsonFormatter
-from shared.supervise import supervise
+from shared.supervise import cancel_and_wait, supervise
 
 
 class Lines(logging.Handler):
@@ -71,3 +71,19 @@ async def test_cancelling_is_a_normal_stop(logged: list[dict[str, object]]) -> N
     with pytest.raises(asyncio.CancelledError):
         await task
     assert calls == [] and logged == []
+
+
+async def test_cancel_and_wait_outlasts_a_helper_that_absorbs_a_cancel() -> None:
+    absorbed = asyncio.Event()
+
+    async def stubborn() -> None:  # swallows its first cancel, as a client library can
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            absorbed.set()
+        await asyncio.Event().wait()
+
+    task = asyncio.create_task(stubborn())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(cancel_and_wait([task], every_seconds=0.05), 5)
+    assert absorbed.is_set() and task.cancelled()
