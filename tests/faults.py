@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from shared.supervise import cancel_and_wait
+
 Match = Callable[[bytes], bool]
 
 
@@ -50,6 +52,7 @@ class FaultProxy:
     """The requests whose replies were lost, in order."""
     _triggers: list[tuple[Match, int]] = field(default_factory=list)
     _links: set[_Link] = field(default_factory=set)
+    _handlers: set[asyncio.Task[None]] = field(default_factory=set)
     _server: asyncio.Server | None = None
     port: int = 0
 
@@ -77,6 +80,9 @@ class FaultProxy:
         self.reset()
         if self._server is not None:
             await self._server.wait_closed()
+        # The server does not wait for its connection handlers; a blackholed one would
+        # outlive the test's event loop.
+        await cancel_and_wait(self._handlers)
 
     def lose_reply_to(self, match: bytes | Match, times: int = 1) -> None:
         """Lose the reply to the next ``times`` requests that match (framed only)."""
@@ -104,6 +110,9 @@ class FaultProxy:
             return
         link = _Link(client_w, server_w)
         self._links.add(link)
+        handler = asyncio.current_task()
+        assert handler is not None
+        self._handlers.add(handler)
         pumps = [asyncio.create_task(self._pump(client_r, link, upstream=True)),
                  asyncio.create_task(self._pump(server_r, link, upstream=False))]
         try:
@@ -114,6 +123,7 @@ class FaultProxy:
             await asyncio.gather(*pumps, return_exceptions=True)
             link.close()
             self._links.discard(link)
+            self._handlers.discard(handler)
 
     async def _read(self, reader: asyncio.StreamReader) -> bytes:
         if not self.framed:
