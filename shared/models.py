@@ -18,6 +18,7 @@ from pymongo import IndexModel
 
 from shared.ids import new_delivery_id, new_job_id
 from shared.status import JobStatus, Priority
+from shared.tenants import DEFAULT_TENANT
 
 
 class Stored(BaseModel):
@@ -49,6 +50,8 @@ class Artifact(Stored):
 
 class Job(Document):
     id: str = Field(default_factory=new_job_id)  # type: ignore[assignment]
+    tenant: str = DEFAULT_TENANT
+    """The tenant of the API key that submitted the job (see shared.tenants)."""
     job_type: str
     payload: dict[str, Any]
     status: JobStatus
