@@ -46,3 +46,8 @@ class Keys:
     @property
     def cancel_channel(self) -> str:
         return f"{self.prefix}:{{{self.queue}}}:cancel"
+
+
+def rate_key(prefix: str, name: str) -> str:
+    """A rate limiter shared by every process (see shared.ratelimit)."""
+    return f"{prefix}:rate:{name}"
