@@ -17,7 +17,6 @@ import os
 import random
 import socket
 import time
-import traceback
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +43,7 @@ from shared.queue import Delivery, Enqueue, RedisQueue, Settle
 from shared.settings import Settings
 from shared.status import PRIORITIES_IN_READ_ORDER, JobStatus
 from shared.supervise import cancel_and_wait
+from shared.tracebacks import format_traceback
 
 log = get_log(__name__)
 TRACEBACK_TAIL_CHARS = 4000
@@ -59,7 +59,7 @@ def new_worker_id() -> str:
 
 
 def error_info(exc: BaseException) -> ErrorInfo:
-    tb = "".join(traceback.format_exception(exc))
+    tb = format_traceback(exc)  # NOTE: served to clients: no server paths
     return ErrorInfo(type=type(exc).__name__, message=str(exc) or type(exc).__name__,
                      traceback=tb[-TRACEBACK_TAIL_CHARS:])
 
