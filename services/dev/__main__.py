@@ -24,12 +24,24 @@ from shared.settings import Settings
 SERVICES = ("api", "worker", "scheduler", "notifier")
 
 
-def _webhook_secret(data_dir: Path) -> str:
-    """The dev stack's signing secret, made once and kept under the data dir."""
+SECRET_FILE_MODE = 0o600
+
+
+def dev_webhook_secret(data_dir: Path) -> str:
+    """The dev stack's signing secret, made once and kept under the data dir.
+
+    The file is readable by its owner only: created with mode 0600 (never written with
+    looser permissions first), and tightened to 0600 if it already exists looser."""
     path = data_dir / "webhook_secret"
-    if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text("whsec_" + base64.b64encode(secrets.token_bytes(32)).decode())
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SECRET_FILE_MODE)
+    except FileExistsError:
+        if os.stat(path).st_mode & 0o077:
+            os.chmod(path, SECRET_FILE_MODE)
+    else:
+        with os.fdopen(fd, "w") as out:
+            out.write("whsec_" + base64.b64encode(secrets.token_bytes(32)).decode())
     return path.read_text().strip()
 
 
@@ -68,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
             servers.append(start_mongodb(args.data_dir / "mongodb"))
             env["JOBQUEUE_MONGODB_URL"] = servers[-1].url
         if not settings.webhook_secret:
-            env["JOBQUEUE_WEBHOOK_SECRET"] = _webhook_secret(args.data_dir)
+            env["JOBQUEUE_WEBHOOK_SECRET"] = dev_webhook_secret(args.data_dir)
         for name in SERVICES:
             for _ in range(args.workers if name == "worker" else 1):
                 children.append(subprocess.Popen(
