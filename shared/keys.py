@@ -9,9 +9,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shared.status import PRIORITIES_IN_READ_ORDER, Priority
+from shared.tenants import DEFAULT_TENANT
 
 CONSUMER_GROUP = "workers"
 RECLAIMER = "reclaimer"
+
+
+@dataclass(frozen=True)
+class Lane:
+    """Where a ready job waits: one stream per (priority, tenant)."""
+
+    priority: Priority
+    tenant: str = DEFAULT_TENANT
 
 
 @dataclass(frozen=True)
@@ -19,12 +28,51 @@ class Keys:
     prefix: str = "jq"
     queue: str = "default"
 
-    def stream(self, priority: Priority | str) -> str:
-        return f"{self.prefix}:{{{self.queue}}}:stream:{priority}"
+    @property
+    def _stream_prefix(self) -> str:
+        return f"{self.prefix}:{{{self.queue}}}:stream:"
+
+    def stream(self, priority: Priority | str, tenant: str = DEFAULT_TENANT) -> str:
+        """The stream of one lane. The default tenant's lane keeps the name the single
+        per-priority stream had, so entries written before lanes existed are still read."""
+        base = f"{self._stream_prefix}{Priority(priority).value}"
+        return base if tenant == DEFAULT_TENANT else f"{base}:{tenant}"
+
+    def lane_stream(self, lane: Lane) -> str:
+        return self.stream(lane.priority, lane.tenant)
+
+    def lane_of(self, stream: str) -> Lane:
+        """The lane whose stream this is (inverse of :meth:`stream`)."""
+        if not stream.startswith(self._stream_prefix):
+            raise ValueError(f"not a stream of this queue: {stream!r}")
+        priority, _, tenant = stream[len(self._stream_prefix):].partition(":")
+        return Lane(Priority(priority), tenant or DEFAULT_TENANT)
 
     def streams(self) -> list[str]:
-        """Stream keys in read order: high first."""
+        """The default tenant's lanes in read order: high first."""
         return [self.stream(p) for p in PRIORITIES_IN_READ_ORDER]
+
+    def ready(self, priority: Priority | str) -> str:
+        """Sorted set (all scores 0, so ordered by name) of the lane streams of one
+        priority that may have unread entries; readers go round it, one entry per lane
+        per turn."""
+        return f"{self.prefix}:{{{self.queue}}}:ready:{Priority(priority).value}"
+
+    def rotation(self, priority: Priority | str) -> str:
+        """The lane stream of one priority that was read last (where the round goes on)."""
+        return f"{self.prefix}:{{{self.queue}}}:rotation:{Priority(priority).value}"
+
+    @property
+    def lanes(self) -> str:
+        """Set of every lane stream ever created (with its consumer group), for the
+        reclaimer, which must scan the pending entries of each."""
+        return f"{self.prefix}:{{{self.queue}}}:lanes"
+
+    @property
+    def doorbell(self) -> str:
+        """A one-entry stream rung whenever a lane gets entries: idle workers block on
+        it, then read through the rotation."""
+        return f"{self.prefix}:{{{self.queue}}}:doorbell"
 
     @property
     def scheduled(self) -> str:
@@ -32,7 +80,7 @@ class Keys:
 
     @property
     def held(self) -> str:
-        """Set of job ids that have an entry in one of the streams (ready or in flight)."""
+        """Hash: job id -> the job's newest stream entry (ready or in flight)."""
         return f"{self.prefix}:{{{self.queue}}}:held"
 
     @property
@@ -51,3 +99,10 @@ class Keys:
 def rate_key(prefix: str, name: str) -> str:
     """A rate limiter shared by every process (see shared.ratelimit)."""
     return f"{prefix}:rate:{name}"
+
+
+def type_slots_key(prefix: str, job_type: str) -> str:
+    """Sorted set of the running jobs of one limited job type, scored by lease expiry
+    (see shared.typelimits). One hash tag for all types: one script call admits a batch
+    of several types."""
+    return f"{prefix}:{{typelimits}}:running:{job_type}"

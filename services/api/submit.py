@@ -43,6 +43,7 @@ from shared.outbound import OutboundGuard
 from shared.queue import Enqueue, RedisQueue
 from shared.settings import Settings
 from shared.status import JobStatus, Priority
+from shared.tenants import DEFAULT_TENANT
 
 log = get_log(__name__)
 DUPLICATE_KEY = 11000
@@ -311,7 +312,8 @@ class Submitter:
 
     async def _enqueue(self, stored: list[tuple[dict[str, Any], Any]]) -> None:
         work = [Enqueue(doc["_id"], Priority(doc["priority"]),
-                        to_ms(doc["run_at"]) if doc["status"] == JobStatus.SCHEDULED else None)
+                        to_ms(doc["run_at"]) if doc["status"] == JobStatus.SCHEDULED else None,
+                        tenant=doc.get("tenant", DEFAULT_TENANT))
                 for doc, _ in stored]
         try:
             await self.queue.enqueue(work, [event.to_json() for _, event in stored])

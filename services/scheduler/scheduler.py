@@ -18,11 +18,13 @@ from pymongo.asynchronous.collection import AsyncCollection
 
 from shared import transitions
 from shared.clock import RedisClock, to_ms
+from shared.keys import Lane
 from shared.logs import get_log
 from shared.models import ErrorInfo
 from shared.queue import Delivery, Enqueue, RedisQueue, Settle, Waiting, member_job_id
 from shared.settings import Settings
-from shared.status import PRIORITIES_IN_READ_ORDER, JobStatus, Priority
+from shared.status import JobStatus, Priority
+from shared.tenants import DEFAULT_TENANT
 
 log = get_log(__name__)
 PROMOTE_BATCH = 500
@@ -64,7 +66,7 @@ class Scheduler:
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
     lease_until: float = 0.0
     """Monotonic time until which this instance's lease is known to hold."""
-    reclaim_cursors: dict[Priority, str] = field(default_factory=dict)
+    reclaim_cursors: dict[Lane, str] = field(default_factory=dict)
     reconcile_cursors: dict[JobStatus, ReconcileCursor] = field(default_factory=dict)
 
     @property
@@ -117,23 +119,20 @@ class Scheduler:
 
     async def reclaim(self) -> int:
         """Give the entries of dead workers (idle past the visibility timeout) back to the
-        queue, and FAIL poison pills (see :func:`is_poison`). Each stream is scanned a
-        page per call from where the last call stopped, so dead workers' entries behind
-        many live ones are reached too.
+        queue, and FAIL poison pills (see :func:`is_poison`). Each lane's stream is
+        scanned a page per call from where the last call stopped, so dead workers'
+        entries behind many live ones are reached too.
 
         NOTE: runs are counted from the job's history, not from entry deliveries, so a
         job that merely sat unstarted in a crashed worker's hands is not counted.
         """
         if not self.is_leader:
             return 0
-        stale: list[Delivery] = []
-        for priority in PRIORITIES_IN_READ_ORDER:
-            cursor, page = await self.queue.claim_stale(
-                priority, self.reclaim_cursors.get(priority, "0-0"),
-                int(self.settings.visibility_timeout_seconds * 1000),
-                self.settings.reclaim_page_size)
-            self.reclaim_cursors[priority] = cursor
-            stale += page
+        lanes = await self.queue.lanes()
+        self.reclaim_cursors, stale = await self.queue.claim_stale(
+            {lane: self.reclaim_cursors.get(lane, "0-0") for lane in lanes},
+            int(self.settings.visibility_timeout_seconds * 1000),
+            self.settings.reclaim_page_size)
         if not stale:
             return 0
         docs = {d["_id"]: d async for d in self.jobs.find(
@@ -198,10 +197,11 @@ class Scheduler:
                                (JobStatus.PROCESSING, stale_run)):
             for d in await self._reconcile_page(status, before):
                 waiting.append(Waiting(d["_id"], Priority(d["priority"]), claim=d.get("claim"),
-                                       delayed=status is JobStatus.SCHEDULED))
+                                       delayed=status is JobStatus.SCHEDULED,
+                                       tenant=d.get("tenant", DEFAULT_TENANT)))
                 run_at[d["_id"]] = d.get("run_at")
         lost = await self.queue.lost(waiting)
-        work = [Enqueue(w.job_id, w.priority, prev=w.claim,
+        work = [Enqueue(w.job_id, w.priority, prev=w.claim, tenant=w.tenant,
                         run_at_ms=(to_ms(run_at[w.job_id]) if run_at[w.job_id] else 0)
                         if w.delayed else None)
                 for w in lost]
@@ -222,7 +222,8 @@ class Scheduler:
         size = self.settings.reconcile_page_size
         # NOTE: hinted, since some servers' planners give up the index for the range.
         page = await self.jobs.find(
-            query, {"_id": 1, "priority": 1, "run_at": 1, "claim": 1, "created_at": 1}
+            query, {"_id": 1, "priority": 1, "tenant": 1, "run_at": 1, "claim": 1,
+                    "created_at": 1}
         ).sort([("created_at", 1), ("_id", 1)]).hint("status_created").limit(size).to_list()
         self.reconcile_cursors[status] = (
             (page[-1]["created_at"], page[-1]["_id"]) if len(page) == size else None)

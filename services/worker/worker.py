@@ -315,7 +315,8 @@ class Worker:
             async with asyncio.timeout(HAND_BACK_SECONDS):
                 if await until_stored(lambda: transitions.apply(self.jobs, [t]), "mongodb"):
                     await self.queue.enqueue(
-                        [Enqueue(t.job_id, run.delivery.priority)], [t.event.to_json()])
+                        [Enqueue(t.job_id, run.delivery.priority,
+                                 tenant=run.delivery.tenant)], [t.event.to_json()])
                 await self.queue.settle([Settle(run.delivery)])
             log.warning("job.interrupted", jobId=t.job_id)
         except (TimeoutError, RedisError, OSError) as exc:

@@ -32,6 +32,7 @@ from shared.errors import Conflict, InvalidInput, NotFound
 from shared.logs import get_log
 from shared.queue import Enqueue
 from shared.status import RETRYABLE_BY_USER, JobStatus, Priority
+from shared.tenants import DEFAULT_TENANT
 
 log = get_log(__name__)
 
@@ -190,7 +191,8 @@ async def cancel_job(job_id: str, ctx: Context, response: Response) -> SubmitRes
         raise Conflict("the job kept changing while this request ran; try again",
                        code="concurrent_change")
     if t.expected_status is JobStatus.SCHEDULED:
-        await _best_effort(queue.unschedule(job_id, doc["priority"]))
+        await _best_effort(queue.unschedule(job_id, doc["priority"],
+                                            doc.get("tenant", DEFAULT_TENANT)))
     await _best_effort(queue.publish([t.event.to_json()]))
     return SubmitResponse(job_id=job_id, status=JobStatus.CANCELLED)
 
@@ -218,8 +220,9 @@ async def retry_job(job_id: str, ctx: Context) -> SubmitResponse:
 
     doc, t = await transitions.change(ctx.jobs, job_id, plan)
     assert t is not None
-    await ctx.stores.queue.enqueue([Enqueue(job_id, Priority(doc["priority"]))],
-                                   [t.event.to_json()])
+    await ctx.stores.queue.enqueue(
+        [Enqueue(job_id, Priority(doc["priority"]),
+                 tenant=doc.get("tenant", DEFAULT_TENANT))], [t.event.to_json()])
     return SubmitResponse(job_id=job_id, status=JobStatus.QUEUED)
 
 
