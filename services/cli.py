@@ -11,6 +11,7 @@ COMMANDS = {
     "scheduler": "services.scheduler.__main__",
     "notifier": "services.notifier.__main__",
     "dev": "services.dev.__main__",
+    "tenants": "services.tenants.__main__",
 }
 USAGE = """usage: jobqueue <command> [options]
 
@@ -20,6 +21,7 @@ commands:
   worker      run jobs                (--concurrency N, --burst)
   scheduler   delayed jobs, crash recovery, reconciliation
   notifier    signed webhook delivery (needs JOBQUEUE_WEBHOOK_SECRET)
+  tenants     webhook signing secrets per tenant (list, show NAME, rotate-secret NAME)
 
 Configuration comes from JOBQUEUE_* environment variables (see README)."""
 

@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     webhook_sweep_interval_seconds: float = Field(5.0, gt=0)
     webhook_concurrency: int = Field(50, gt=0)
     webhook_lease_seconds: float = Field(60.0, gt=0)
+    webhook_secrets_refresh_seconds: float = Field(30.0, gt=0)
+    """How long the notifier uses a tenant's secrets before reading them again."""
 
     # Built-in job types
     http_timeout_seconds: float = Field(30.0, gt=0)

@@ -24,6 +24,7 @@ from shared.events import Event
 from shared.ids import new_delivery_id
 from shared.logs import get_log
 from shared.retry_after import retry_after_seconds
+from shared.tenants import DEFAULT_TENANT
 from webhooks.sender import Attempt, Sender
 
 log = get_log(__name__)
@@ -68,7 +69,7 @@ class OutboxDeliverer:
              "$or": [{"outbox_lease_until": None}, {"outbox_lease_until": {"$lte": now}}]},
             {"$set": {"outbox_lease_until": now + timedelta(seconds=self.lease_seconds),
                       "outbox_lease_owner": owner}},
-            projection={"outbox": {"$slice": 1}, "callback_url": 1},
+            projection={"outbox": {"$slice": 1}, "callback_url": 1, "tenant": 1},
             return_document=ReturnDocument.AFTER)
         if doc is None:
             return False, None
@@ -82,14 +83,15 @@ class OutboxDeliverer:
             await self.jobs.update_one(held, {"$set": {"outbox_due_at": head["next_at"]},
                                               "$unset": RELEASE})
             return False, head["next_at"]
-        return await self._send_head(held, doc["callback_url"], head)
+        tenant = doc.get("tenant") or DEFAULT_TENANT  # jobs stored before tenants: default
+        return await self._send_head(held, doc["callback_url"], head, tenant)
 
-    async def _send_head(self, held: dict[str, Any], url: str, head: dict[str, Any]
-                         ) -> tuple[bool, datetime | None]:
+    async def _send_head(self, held: dict[str, Any], url: str, head: dict[str, Any],
+                         tenant: str) -> tuple[bool, datetime | None]:
         job_id = held["_id"]
         event = Event.model_validate(head).to_wire()
         attempt_no = head.get("attempts", 0) + 1
-        result = await self.sender.send(url, event)
+        result = await self.sender.send(url, event, tenant)
         now = self.clock.now()
         record = self._record(job_id, url, event, attempt_no, result, now)
         with_log = {"jobId": job_id, "eventId": event["id"], "attempt": attempt_no,

@@ -20,6 +20,8 @@ from typing import Any
 import httpx
 
 from shared.outbound import UrlRefused
+from shared.tenants import DEFAULT_TENANT
+from webhooks.keys import KeySource, StaticKeys
 from webhooks.signing import signature_headers
 
 MAX_ANSWER_BYTES = 4096
@@ -48,15 +50,19 @@ class Attempt:
 
 
 class Sender:
-    def __init__(self, client: httpx.AsyncClient, keys: list[bytes],
+    def __init__(self, client: httpx.AsyncClient, keys: list[bytes] | KeySource,
                  deadline_seconds: float) -> None:
+        """``keys``: the same for every job, or the job's tenant's (webhooks.keys)."""
         self.client = client
-        self.keys = keys
+        self.keys = StaticKeys(keys) if isinstance(keys, list) else keys
         self.deadline_seconds = deadline_seconds
 
-    async def send(self, url: str, event: dict[str, Any]) -> Attempt:
+    async def send(self, url: str, event: dict[str, Any], tenant: str = DEFAULT_TENANT
+                   ) -> Attempt:
+        """POST ``event`` signed with every active key of the job's ``tenant``."""
+        keys = await self.keys.signing_keys(tenant)
         body = json.dumps(event, separators=(",", ":")).encode()
-        headers = {**signature_headers(self.keys, event["id"], body),
+        headers = {**signature_headers(keys, event["id"], body),
                    "content-type": "application/json", "user-agent": USER_AGENT,
                    "accept-encoding": "identity"}
         started = time.perf_counter()

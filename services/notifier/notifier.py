@@ -28,7 +28,9 @@ from shared.clock import RedisClock
 from shared.logs import get_log
 from shared.settings import Settings
 from shared.supervise import cancel_and_wait
+from shared.tenants import tenants_collection
 from webhooks.delivery import OutboxDeliverer
+from webhooks.keys import TenantKeys
 from webhooks.sender import Sender, attempt_deadline
 
 log = get_log(__name__)
@@ -165,9 +167,12 @@ class Notifier:
 def make_notifier(settings: Settings, stores: Stores, client: httpx.AsyncClient,
                   keys: list[bytes]) -> Notifier:
     """A notifier sending through ``client`` (an OutboundClient guarded by
-    ``webhook_allowed_hosts``), signing with ``keys``."""
-    sender = Sender(client, keys, attempt_deadline(settings.webhook_timeout_seconds,
-                                                   settings.webhook_lease_seconds))
+    ``webhook_allowed_hosts``), signing with each job's tenant's secrets; ``keys`` are
+    the default tenant's (``JOBQUEUE_WEBHOOK_SECRET``)."""
+    tenant_keys = TenantKeys(tenants_collection(stores.jobs.database), keys,
+                             settings.webhook_secrets_refresh_seconds, stores.clock.now)
+    sender = Sender(client, tenant_keys, attempt_deadline(settings.webhook_timeout_seconds,
+                                                          settings.webhook_lease_seconds))
     deliverer = OutboxDeliverer(stores.jobs, stores.deliveries, sender, stores.clock,
                                 settings.webhook_retry_schedule,
                                 settings.webhook_lease_seconds)

@@ -1,0 +1,123 @@
+"""``jobqueue tenants``: see and rotate tenants' webhook signing secrets.
+
+    jobqueue tenants list                          every stored tenant
+    jobqueue tenants show NAME                     its secrets that sign now
+    jobqueue tenants rotate-secret NAME [--grace SECONDS]
+
+``rotate-secret`` prints the new secret alone on its last line of output; the previous
+ones keep signing for the grace period (default a day). Tenants are stored with their
+first API key; the default tenant's secret is ``JOBQUEUE_WEBHOOK_SECRET``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
+
+from shared.settings import Settings
+from shared.tenants import (
+    DEFAULT_TENANT,
+    SigningSecret,
+    UnknownTenant,
+    check_tenant_name,
+    rotate_secret,
+    signing_secrets,
+    tenants_collection,
+)
+
+DEFAULT_GRACE_SECONDS = 24 * 3600
+Db = AsyncDatabase[dict[str, Any]]
+
+
+def _line(secret: SigningSecret) -> str:
+    retires = f"  retires {secret.retire_at.isoformat()}" if secret.retire_at else ""
+    return f"{secret.secret}  created {secret.created_at.isoformat()}{retires}"
+
+
+async def _list(db: Db, args: argparse.Namespace, settings: Settings) -> None:
+    print(DEFAULT_TENANT)
+    async for doc in tenants_collection(db).find({}, {"_id": 1}).sort("_id", 1):
+        print(doc["_id"])
+
+
+async def _show(db: Db, args: argparse.Namespace, settings: Settings) -> None:
+    if args.name == DEFAULT_TENANT:
+        print("# the default tenant signs with JOBQUEUE_WEBHOOK_SECRET", file=sys.stderr)
+        for value in (settings.webhook_secret or "").split():
+            print(value)
+        return
+    for secret in await signing_secrets(db, args.name):
+        print(_line(secret))
+
+
+async def _rotate(db: Db, args: argparse.Namespace, settings: Settings) -> None:
+    secret = await rotate_secret(db, args.name, args.grace)
+    print(f"# tenant {args.name}: new signing secret; the previous ones keep signing for "
+          f"{args.grace:g} s", file=sys.stderr)
+    print(secret)
+
+
+def _tenant(value: str) -> str:
+    try:
+        return check_tenant_name(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jobqueue tenants",
+                                     description="Tenants' webhook signing secrets.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="every stored tenant").set_defaults(run=_list)
+    show = commands.add_parser("show", help="the secrets that sign a tenant's webhooks")
+    show.add_argument("name", type=_tenant)
+    show.set_defaults(run=_show)
+    rotate = commands.add_parser(
+        "rotate-secret", help="a new signing secret; the old ones sign on for --grace")
+    rotate.add_argument("name", type=_tenant)
+    rotate.add_argument("--grace", type=float, default=DEFAULT_GRACE_SECONDS,
+                        metavar="SECONDS",
+                        help=f"how long the previous secrets keep signing "
+                             f"(default {DEFAULT_GRACE_SECONDS})")
+    rotate.set_defaults(run=_rotate)
+    return parser
+
+
+async def _run(run: Callable[[Db, argparse.Namespace, Settings], Awaitable[None]],
+               args: argparse.Namespace, settings: Settings) -> None:
+    if not settings.mongodb_url:
+        raise SystemExit("JOBQUEUE_MONGODB_URL is not set: point it at the MongoDB the "
+                         "services use")
+    timeout_ms = int(settings.mongodb_timeout_seconds * 1000)
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        settings.mongodb_url, tz_aware=True, serverSelectionTimeoutMS=timeout_ms,
+        connectTimeoutMS=timeout_ms, appname="jobqueue-tenants")
+    try:
+        await run(client[settings.mongodb_database], args, settings)
+    finally:
+        await client.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        asyncio.run(_run(args.run, args, Settings()))
+    except UnknownTenant as exc:
+        raise SystemExit(f"no tenant {exc.args[0]!r}: a tenant is made with its first API "
+                         "key (jobqueue keys create --tenant NAME)") from None
+    except ValueError as exc:
+        parser.error(str(exc))
+    except PyMongoError as exc:
+        raise SystemExit(f"MongoDB: {exc}") from None
+
+
+if __name__ == "__main__":
+    main()
