@@ -9,9 +9,7 @@ stops everything it started.
 from __future__ import annotations
 
 import argparse
-import base64
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -20,6 +18,7 @@ from pathlib import Path
 
 from services.dev.embedded import EmbeddedServer, child_env, start_mongodb, start_redis
 from shared.settings import Settings
+from shared.tenants import new_secret
 
 SERVICES = ("api", "worker", "scheduler", "notifier")
 
@@ -41,7 +40,7 @@ def dev_webhook_secret(data_dir: Path) -> str:
             os.chmod(path, SECRET_FILE_MODE)
     else:
         with os.fdopen(fd, "w") as out:
-            out.write("whsec_" + base64.b64encode(secrets.token_bytes(32)).decode())
+            out.write(new_secret())
     return path.read_text().strip()
 
 
