@@ -80,10 +80,16 @@ def _stored(secret: SigningSecret) -> dict[str, Any]:
             "retire_at": secret.retire_at}
 
 
+def _aware(moment: datetime | None) -> datetime | None:
+    """A stored datetime in UTC, also when read by a client that is not ``tz_aware``."""
+    return moment.replace(tzinfo=UTC) if moment and moment.tzinfo is None else moment
+
+
 def _loaded(doc: dict[str, Any] | None) -> list[SigningSecret]:
     if doc is None:
         return []
-    return [SigningSecret(s["secret"], s["created_at"], s.get("retire_at"))
+    return [SigningSecret(s["secret"], _aware(s["created_at"]) or s["created_at"],
+                          _aware(s.get("retire_at")))
             for s in doc.get("secrets", [])]
 
 

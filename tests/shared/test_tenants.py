@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from pymongo import AsyncMongoClient, monitoring
+from pymongo.errors import PyMongoError
 
 from services.runtime import Stores
 from shared.settings import Settings
@@ -21,6 +22,7 @@ from shared.tenants import (
     stored_secrets,
     tenants_collection,
 )
+from tests.faults import FaultProxy
 from tests.support import TEST_WEBHOOK_SECRET, wait_until
 from webhooks.keys import TenantKeys
 from webhooks.signing import parse_secrets, secret_key
@@ -137,3 +139,35 @@ async def test_a_retired_key_stops_signing_at_its_time_not_at_the_refresh(
     assert await keys.signing_keys("acme") == [secret_key(new), secret_key(old.secret)]
     clock[0] += timedelta(seconds=31)
     assert await keys.signing_keys("acme") == [secret_key(new)]
+
+
+async def test_a_failed_refresh_keeps_the_known_keys(settings: Settings, stores: Stores,
+                                                      proxy: FaultProxy) -> None:
+    """MongoDB unreachable: a tenant already read keeps signing with what was read; one
+    never read cannot be signed for (the delivery waits for the next attempt)."""
+    db = stores.jobs.database
+    await ensure_tenant(db, "acme")
+    await ensure_tenant(db, "globex")
+    assert settings.mongodb_url
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        proxy.url_for(settings.mongodb_url), tz_aware=True, serverSelectionTimeoutMS=500,
+        connectTimeoutMS=500, socketTimeoutMS=1000)
+    try:
+        keys = TenantKeys(tenants_collection(client[settings.mongodb_database]),
+                          DEFAULT_KEYS, refresh_seconds=0.1)
+        known = await keys.signing_keys("acme")
+        proxy.refusing = True
+        proxy.reset()
+        await asyncio.sleep(0.2)  # past the refresh: the next call reads again, and fails
+        assert await keys.signing_keys("acme") == known
+        with pytest.raises(PyMongoError):
+            await keys.signing_keys("globex")
+        proxy.refusing = False
+        new = await rotate_secret(db, "acme", 60)
+
+        async def rotated() -> bool:
+            return (await keys.signing_keys("acme"))[0] == secret_key(new)
+
+        await wait_until(rotated, 20, "the refresh once MongoDB answers again")
+    finally:
+        await client.close()

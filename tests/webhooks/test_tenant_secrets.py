@@ -16,7 +16,7 @@ from services.runtime import Stores
 from shared.errors import InvalidSignature
 from shared.settings import Settings
 from shared.tenants import DEFAULT_TENANT, ensure_tenant, rotate_secret, signing_secrets
-from tests.receiver import Receiver, Received, receiver
+from tests.receiver import Received, Receiver, receiver
 from tests.support import TEST_WEBHOOK_SECRET, settings_env, submit, wait_until
 from tests.webhooks.conftest import StartNotifier
 from webhooks import verify
