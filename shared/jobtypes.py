@@ -7,7 +7,8 @@ registered with :func:`job_type`. This module is a public contract::
     class Echo(BaseModel):
         text: str
 
-    @job_type("echo", payload=Echo)          # optional: max_retries=…, timeout_seconds=…
+    @job_type("echo", payload=Echo)          # optional: max_retries=…, timeout_seconds=…,
+                                             # concurrency=…, rate="10/s" (see below)
     async def echo(payload: Echo, ctx: JobContext) -> dict:
         return {"text": payload.text}        # stored as the job's result
 
@@ -25,6 +26,12 @@ Where a handler runs:
   settings, a logger: no HTTP client or artifact store can cross a process boundary), and
   its payload and result must pickle. Return what it produces; to save a file, use an
   async handler that calls ``ctx.run_in_process`` and then ``ctx.artifacts.save``.
+
+Limits across all workers together (``JOBQUEUE_TYPE_LIMITS`` overrides them per type, see
+:mod:`shared.typelimits`): ``concurrency=N`` lets at most N jobs of the type run at once,
+``rate="10/s"`` (``COUNT/PERIOD``, a period of s, m or h, e.g. ``5/2s``) starts at most
+that many per period, with a burst of one period's worth. A job held back by either
+waits, queued, without using a slot or a retry.
 
 Services import the modules named in ``JOBQUEUE_HANDLER_MODULES``; importing a module
 registers its types.
@@ -48,6 +55,7 @@ from shared.artifacts import JobArtifacts
 from shared.errors import PermanentError, Retry
 from shared.logs import Log, bound
 from shared.procpool import ProcessPool
+from shared.ratelimit import Rate
 from shared.settings import Settings
 
 __all__ = ["REGISTRY", "Isolation", "JobContext", "JobType", "PermanentError",
@@ -114,6 +122,10 @@ class JobType:
     retry_max_seconds: float | None = None
     isolation: Isolation = "thread"
     """Where a plain ``def`` handler runs (see the module docstring)."""
+    concurrency: int | None = None
+    """At most this many jobs of the type run at once on all workers together."""
+    rate: Rate | None = None
+    """At most this many jobs of the type start per period on all workers together."""
 
     async def run(self, payload: BaseModel, ctx: JobContext) -> Any:
         if inspect.iscoroutinefunction(self.handler):
@@ -168,9 +180,20 @@ REGISTRY: dict[str, JobType] = {}
 
 def job_type(name: str, *, payload: type[BaseModel], max_retries: int | None = None,
              timeout_seconds: float | None = None, retry_base_seconds: float | None = None,
-             retry_max_seconds: float | None = None, isolation: Isolation = "thread"
-             ) -> Callable[[F], F]:
-    """Register the decorated function as the handler of job type ``name``."""
+             retry_max_seconds: float | None = None, isolation: Isolation = "thread",
+             concurrency: int | None = None, rate: str | None = None) -> Callable[[F], F]:
+    """Register the decorated function as the handler of job type ``name``.
+
+    ``concurrency`` and ``rate`` limit the type across all workers (ValueError here when
+    they are not a positive integer and a ``COUNT/PERIOD`` rate)."""
+    if concurrency is not None and (isinstance(concurrency, bool)
+                                    or not isinstance(concurrency, int) or concurrency < 1):
+        raise ValueError(f"job type {name!r}: concurrency must be a positive integer, "
+                         f"not {concurrency!r}")
+    try:
+        parsed_rate = None if rate is None else Rate.parse(rate)
+    except ValueError as exc:
+        raise ValueError(f"job type {name!r}: {exc}") from None
 
     def register(func: F) -> F:
         if isolation == "process" and inspect.iscoroutinefunction(func):
@@ -184,7 +207,8 @@ def job_type(name: str, *, payload: type[BaseModel], max_retries: int | None = N
         REGISTRY[name] = JobType(name=name, handler=func, payload=payload,
                                  max_retries=max_retries, timeout_seconds=timeout_seconds,
                                  retry_base_seconds=retry_base_seconds,
-                                 retry_max_seconds=retry_max_seconds, isolation=isolation)
+                                 retry_max_seconds=retry_max_seconds, isolation=isolation,
+                                 concurrency=concurrency, rate=parsed_rate)
         return func
 
     return register

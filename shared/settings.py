@@ -6,8 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from shared.ratelimit import Rate
 
 CommaList = Annotated[list[str], NoDecode]
 SecondsList = Annotated[list[float], NoDecode]
@@ -17,6 +19,22 @@ def _split_commas(value: Any) -> Any:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+class TypeLimitSetting(BaseModel):
+    """One job type's limits in ``JOBQUEUE_TYPE_LIMITS``; a field given (even null)
+    replaces the decorator's, one left out keeps it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    concurrency: int | None = Field(None, gt=0, strict=True)
+    rate: str | None = None
+
+    @field_validator("rate")
+    @classmethod
+    def _valid_rate(cls, value: str | None) -> str | None:
+        if value is not None:
+            Rate.parse(value)
+        return value
 
 
 class Settings(BaseSettings):
@@ -53,6 +71,8 @@ class Settings(BaseSettings):
     max_deliveries: int = Field(5, gt=0)
     max_result_bytes: int = Field(1024 * 1024, gt=0, le=16 * 1024 * 1024)
     process_pool_size: int = Field(2, gt=0, le=256)
+    type_limits: dict[str, TypeLimitSetting] = {}
+    """Per job type, JSON: ``{"sendEmail": {"concurrency": 5, "rate": "10/s"}}``."""
 
     # Scheduler
     promote_interval_seconds: float = Field(0.1, gt=0)

@@ -144,3 +144,20 @@ def exits_once(payload: Recorded, ctx: ProcessContext) -> dict[str, object]:
 def permanent_in_process(payload: Recorded, ctx: ProcessContext) -> None:
     record(payload.path, str(os.getpid()))
     raise PermanentError("cannot ever work, even in a child")
+
+
+@job_type("capped", payload=Recorded, concurrency=2)
+async def capped(payload: Recorded, ctx: JobContext) -> dict[str, object]:
+    """At most two run at once on all workers. Records its start and end times; sleeps
+    ``seconds`` on the first attempt, ``delay`` (or nothing) on later ones."""
+    record(payload.path, f"start {ctx.job_id} {time.time()} {ctx.worker_id}")
+    await asyncio.sleep(payload.seconds if ctx.attempt == 1 else payload.delay or 0.0)
+    record(payload.path, f"end {ctx.job_id} {time.time()} {ctx.worker_id}")
+    return {"attempt": ctx.attempt}
+
+
+@job_type("metered", payload=Recorded, rate="5/s")
+async def metered(payload: Recorded, ctx: JobContext) -> dict[str, object]:
+    """At most five start per second on all workers (a burst of five). Records when."""
+    record(payload.path, f"{time.time()}")
+    return {"ok": True}

@@ -32,7 +32,7 @@ from services.worker.claiming import Verdict, judge
 from services.worker.outcomes import Outcome, OutcomeRecorder, plan, until_stored
 from shared import transitions
 from shared.artifacts import ArtifactStore, JobArtifacts
-from shared.clock import RedisClock
+from shared.clock import RedisClock, to_ms
 from shared.errors import JobTimeout, PermanentError, ResultTooLarge, Retry
 from shared.jobtypes import JobContext, JobType
 from shared.logs import bound, get_log
@@ -44,6 +44,7 @@ from shared.settings import Settings
 from shared.status import PRIORITIES_IN_READ_ORDER, JobStatus
 from shared.supervise import cancel_and_wait
 from shared.tracebacks import format_traceback
+from shared.typelimits import Candidate, TypeLimiter, effective_limits, unknown_types
 
 log = get_log(__name__)
 TRACEBACK_TAIL_CHARS = 4000
@@ -52,6 +53,8 @@ SUSPECT_AFTER_DELIVERIES = 2
 """An entry delivered more often than this (its job's runs died with their workers) is a
 suspect: it runs alone, so a poison pill cannot take neighbours down with it again."""
 HAND_BACK_SECONDS = 5.0
+STARTS = (Verdict.CLAIM, Verdict.TAKEOVER, Verdict.OURS)
+"""Verdicts that start a run (and so must fit their job type's limits)."""
 
 
 def new_worker_id() -> str:
@@ -116,6 +119,11 @@ class Worker:
         self.stopping = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self.recorder = OutcomeRecorder(self.jobs, self.queue)
+        # NOTE: a slot's lease is the visibility timeout: a dead worker's runs free their
+        # slots about when their entries are reclaimed, never before.
+        self.limits = TypeLimiter(self.queue.redis, self.queue.keys.prefix,
+                                  effective_limits(self.registry, self.settings.type_limits),
+                                  self.settings.visibility_timeout_seconds)
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -137,7 +145,12 @@ class Worker:
                                     timeout=self.settings.http_timeout_seconds)
         self.processes = ProcessPool(self.settings.process_pool_size)
         log.info("worker.started", workerId=self.worker_id, concurrency=self.concurrency,
-                 jobTypes=sorted(self.registry))
+                 jobTypes=sorted(self.registry),
+                 typeLimits={name: str(limit) for name, limit in self.limits.limits.items()})
+        unknown = unknown_types(self.registry, self.settings.type_limits)
+        if unknown:
+            log.warning("worker.type_limits_unknown_types", jobTypes=unknown,
+                        hint="JOBQUEUE_TYPE_LIMITS names job types this worker does not run")
         try:
             async with asyncio.TaskGroup() as group:
                 helpers = [group.create_task(self.recorder.run(), name="outcome-recorder"),
@@ -235,14 +248,29 @@ class Worker:
         except BaseException:
             self.backlog.extendleft(reversed(batch))
             raise
+        verdicts = [(d, docs.get(d.job_id), judge(docs.get(d.job_id), d,
+                                                  d.job_id in self.running)) for d in batch]
+        # Runs of limited types start only if the type's cluster-wide limits admit them;
+        # the others are handed back to wait, unclaimed (see _hold_back).
+        starting = [Candidate(d.job_id, doc["job_type"], force=verdict is Verdict.OURS)
+                    for d, doc, verdict in verdicts
+                    if doc is not None and verdict in STARTS
+                    and self.limits.limited(doc["job_type"])]
+        try:
+            admission = await self.limits.admit(starting)
+        except BaseException:
+            self.backlog.extendleft(reversed(batch))
+            raise
+        slots = [(c.job_type, c.job_id) for c in starting if c.job_id in admission.admitted]
         now = self.clock.now()
         planned: list[tuple[Delivery, transitions.Transition, transitions.Doc]] = []
         ours: list[tuple[Delivery, transitions.Doc]] = []
         skipped: list[Settle] = []
-        for d in batch:
-            doc = docs.get(d.job_id)
-            verdict = judge(doc, d, d.job_id in self.running)
-            if verdict is Verdict.SKIP or doc is None:
+        held: list[tuple[Delivery, float]] = []
+        for d, doc, verdict in verdicts:
+            if d.job_id in admission.held and verdict in STARTS:
+                held.append((d, admission.held[d.job_id]))
+            elif verdict is Verdict.SKIP or doc is None:
                 skipped.append(Settle(d))
             elif verdict is Verdict.OURS:
                 ours.append((d, doc))
@@ -257,8 +285,9 @@ class Worker:
             applied = await transitions.apply(self.jobs, [t for _, t, _ in planned])
         except BaseException:
             # NOTE: the claims may have applied with the reply lost: read again, the
-            # verdict is then OURS for each that did.
+            # verdict is then OURS for each that did (and takes its slot again).
             self.backlog.extendleft(reversed(batch))
+            await self._release_quietly(slots)
             raise
         applied_ids = {t.event.id for t in applied}
         for d, doc in ours:
@@ -269,7 +298,31 @@ class Worker:
                 self._launch(d, transitions.advanced(doc, t))
             else:
                 skipped.append(Settle(d))  # cancelled here, or the job moved on
+        await self._release_quietly([s for s in slots if s[1] not in self.running])
+        await self._hold_back(held)
         await self.queue.settle(skipped, [t.event.to_json() for t in applied])
+
+    async def _hold_back(self, held: list[tuple[Delivery, float]]) -> None:
+        """Hand back entries whose job type is over its limits: each job waits, QUEUED
+        and unclaimed, in the delayed set until it may be tried again (no slot, retry or
+        history entry used). If Redis fails, the entries not yet handed back stay ours,
+        in the backlog."""
+        now_ms = to_ms(self.clock.now())
+        for i, (d, wait) in enumerate(held):
+            try:
+                await self.queue.defer(d, now_ms + max(1, round(wait * 1000)))
+            except BaseException:
+                self.backlog.extend(d for d, _ in held[i:])
+                raise
+            log.debug("job.held_back", jobId=d.job_id, waitSeconds=round(wait, 3))
+
+    async def _release_quietly(self, slots: list[tuple[str, str]]) -> None:
+        """Free concurrency slots; if Redis does not answer, their leases run out."""
+        try:
+            await self.limits.release(slots)
+        except (RedisError, OSError) as exc:
+            log.warning("worker.slot_release_failed", jobIds=[j for _, j in slots],
+                        error=str(exc))
 
     def _launch(self, delivery: Delivery, doc: transitions.Doc) -> None:
         run = Running(delivery, doc)
@@ -305,6 +358,9 @@ class Worker:
         finally:
             self.running.pop(doc["_id"], None)
             self._slot_freed.set()
+            # NOTE: after the outcome is stored, so a type's runs in MongoDB never
+            # outnumber its concurrency limit.
+            await self._release_quietly([(doc["job_type"], doc["_id"])])
 
     async def _hand_back(self, run: Running) -> None:
         """A graceful stop interrupted this run: record that (it is not a death), queue
@@ -390,6 +446,8 @@ class Worker:
             owned = [r.delivery for r in self.running.values()] + list(self.backlog)
             try:
                 await self.queue.touch(self.worker_id, owned)
+                await self.limits.refresh((r.doc["job_type"], job_id)
+                                          for job_id, r in self.running.items())
                 await self.clock.sync(self.queue.redis)
             except (RedisError, OSError) as exc:
                 log.warning("worker.heartbeat_failed", error=str(exc))

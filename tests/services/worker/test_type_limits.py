@@ -1,0 +1,247 @@
+"""Per-job-type limits across all workers: at most N running at once, at most a rate
+started. Real worker processes and in-process workers, on real servers. Test types
+``capped`` (concurrency=2) and ``metered`` (rate="5/s") are in tests/handlers.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import BaseModel, ValidationError
+
+from services.runtime import Stores
+from services.scheduler.scheduler import Scheduler
+from shared.jobtypes import REGISTRY, job_type
+from shared.keys import type_slots_key
+from shared.queue import scheduled_member
+from shared.ratelimit import Rate
+from shared.settings import Settings, TypeLimitSetting
+from shared.typelimits import TypeLimit, effective_limits
+from tests.support import (
+    Service,
+    lines,
+    settings_env,
+    spawn,
+    submit_many,
+    wait_finished,
+    wait_until,
+)
+
+HISTORY = ["QUEUED", "PROCESSING", "COMPLETED"]
+
+
+@pytest.fixture
+async def workers(settings: Settings, tmp_path: Path
+                  ) -> AsyncIterator[Callable[..., Service]]:
+    """Start real worker processes; all are stopped (or killed) at the end."""
+    started: list[Service] = []
+
+    def start(*args: str, **env: str) -> Service:
+        started.append(spawn("worker", settings, tmp_path / "services", *args,
+                             env=settings_env(settings, **env)))
+        return started[-1]
+
+    yield start
+    for service in started:
+        if service.process.poll() is None:
+            service.stop(30)
+
+
+def runs(path: Path) -> list[tuple[str, str, float, str]]:
+    """The capped handler's records: (start|end, job id, time, worker id)."""
+    return [(kind, job, float(at), worker)
+            for kind, job, at, worker in (line.split() for line in lines(path))]
+
+
+def most_at_once(records: list[tuple[str, str, float, str]]) -> int:
+    """The most runs between their start and end records at any moment."""
+    running = peak = 0
+    # An end and a start at the same instant: the end first.
+    for kind, *_ in sorted(records, key=lambda r: (r[2], r[0] == "start")):
+        running += 1 if kind == "start" else -1
+        peak = max(peak, running)
+    return peak
+
+
+async def sample_processing(stores: Stores, job_type: str, stop: asyncio.Event,
+                            seen: list[int]) -> None:
+    while not stop.is_set():
+        seen.append(await stores.jobs.count_documents(
+            {"job_type": job_type, "status": "PROCESSING"}))
+        await asyncio.sleep(0.01)
+
+
+def assert_ran_once(docs: dict[str, Any]) -> None:
+    for doc in docs.values():
+        assert doc["status"] == "COMPLETED", doc["_id"]
+        assert doc["retries"] == 0 and doc["attempt"] == 1
+        assert [h["status"] for h in doc["history"]] == HISTORY
+
+
+async def test_a_concurrency_cap_holds_across_worker_processes(
+        api: httpx.AsyncClient, stores: Stores, scheduler: Scheduler, workers: Any,
+        tmp_path: Path) -> None:
+    path = tmp_path / "runs"
+    for _ in range(3):
+        workers("--concurrency", "4")  # twelve slots, for a type capped at two
+    ids = await submit_many(api, [{"jobType": "capped", "payload": {
+        "path": str(path), "seconds": 0.3}} for _ in range(12)])
+    stop, seen = asyncio.Event(), []
+    sampler = asyncio.create_task(sample_processing(stores, "capped", stop, seen))
+    try:
+        docs = await wait_finished(stores.jobs, ids, 120)
+    finally:
+        stop.set()
+        await sampler
+    assert_ran_once(docs)
+    records = runs(path)
+    assert sorted(job for kind, job, _, _ in records if kind == "start") == sorted(ids)
+    assert most_at_once(records) == 2
+    assert max(seen) <= 2
+    # Nothing is left holding a slot once the runs ended.
+    assert await stores.redis.zcard(type_slots_key(stores.queue.keys.prefix, "capped")) == 0
+
+
+async def test_a_rate_limit_holds_across_workers(
+        api: httpx.AsyncClient, stores: Stores, scheduler: Scheduler, background: Any,
+        tmp_path: Path) -> None:
+    path = tmp_path / "starts"
+    background(concurrency=8)
+    background(concurrency=8)
+    ids = await submit_many(api, [{"jobType": "metered", "payload": {"path": str(path)}}
+                                  for _ in range(20)])
+    docs = await wait_finished(stores.jobs, ids, 60)
+    assert_ran_once(docs)
+    starts = sorted(float(x) for x in lines(path))
+    assert len(starts) == 20
+    # "5/s": a burst of five, then one every 0.2 s. Any stretch of starts fits that
+    # budget (one extra for the limiter's millisecond rounding).
+    for i in range(len(starts)):
+        for j in range(i, len(starts)):
+            assert j - i + 1 <= 5 + 5 * (starts[j] - starts[i]) + 1, (i, j)
+    assert starts[-1] - starts[0] >= (20 - 5) / 5 - 0.3
+
+
+async def test_a_capped_backlog_does_not_slow_other_types(
+        api: httpx.AsyncClient, stores: Stores, scheduler: Scheduler, background: Any,
+        tmp_path: Path) -> None:
+    background(concurrency=4)
+    path = tmp_path / "runs"
+    capped = await submit_many(api, [{"jobType": "capped", "payload": {
+        "path": str(path), "seconds": 1.5}} for _ in range(10)])
+    await wait_until(lambda: _started(path, 2), 30, "two capped jobs to start")
+    [free] = await submit_many(api, [{"jobType": "echo", "payload": {"text": "free"}}])
+    doc = (await wait_finished(stores.jobs, [free], 30))[free]
+    assert doc["status"] == "COMPLETED"
+    # The free job ran while the capped backlog was still waiting its turn.
+    waiting = await stores.jobs.count_documents(
+        {"_id": {"$in": capped}, "status": "QUEUED"})
+    assert waiting >= 4
+    docs = await wait_finished(stores.jobs, capped, 60)
+    assert_ran_once(docs)
+    assert most_at_once(runs(path)) == 2
+
+
+async def test_a_dead_workers_slots_expire_and_held_jobs_can_be_cancelled(
+        api: httpx.AsyncClient, stores: Stores, scheduler: Scheduler, workers: Any,
+        background: Any, settings: Settings, tmp_path: Path) -> None:
+    path = tmp_path / "runs"
+    keys = stores.queue.keys
+    slots = type_slots_key(keys.prefix, "capped")
+    doomed = workers("--concurrency", "4")
+    long = await submit_many(api, [{"jobType": "capped", "payload": {
+        "path": str(path), "seconds": 60, "delay": 0.1}} for _ in range(2)])
+    await wait_until(lambda: _started(path, 2), 60, "the long jobs to start")
+    assert set(await stores.redis.zrange(slots, 0, -1)) == set(long)
+
+    background(concurrency=4)  # a second worker, with free slots: it must wait too
+    later = await submit_many(api, [{"jobType": "capped", "payload": {
+        "path": str(path), "seconds": 0.1}} for _ in range(3)])
+
+    async def held_back() -> bool:
+        scores = [await stores.redis.zscore(keys.scheduled,
+                                            scheduled_member(job, "default"))
+                  for job in later]
+        return all(score is not None for score in scores)
+
+    await wait_until(held_back, 30, "the later jobs to be held back", 0.01)
+    assert len(runs(path)) == 2  # only the long jobs started
+    cancelled = later.pop()
+    r = await api.post(f"/jobs/{cancelled}/cancel")
+    assert r.status_code == 200 and r.json()["status"] == "CANCELLED"
+
+    killed_at = time.time()
+    doomed.kill()
+    # Its slots' leases (the visibility timeout) run out; then the later jobs start.
+    docs = await wait_finished(stores.jobs, later, 60)
+    assert_ran_once(docs)
+    starts = {job: at for kind, job, at, _ in runs(path) if kind == "start"}
+    assert min(starts[job] for job in later) >= killed_at
+    assert cancelled not in starts
+    assert (await stores.jobs.find_one({"_id": cancelled}))["status"] == "CANCELLED"
+
+    # The dead runs are taken over (one reclaim pass), within the cap, and complete.
+    async def taken_over() -> bool:
+        await scheduler.reclaim()
+        await scheduler.reconcile()
+        return await stores.jobs.count_documents(
+            {"_id": {"$in": long}, "status": "COMPLETED"}) == 2
+
+    await wait_until(taken_over, 60, "the dead runs to be taken over", 0.2)
+    for job in long:
+        doc = await stores.jobs.find_one({"_id": job})
+        assert doc is not None and doc["attempt"] == 2 and doc["retries"] == 0
+
+
+async def _started(path: Path, count: int) -> bool:
+    return sum(1 for kind, *_ in runs(path) if kind == "start") >= count
+
+
+# -- configuration ---------------------------------------------------------------------
+
+
+class Empty(BaseModel):
+    pass
+
+
+@pytest.mark.parametrize(("limits", "message"), [
+    ({"concurrency": 0}, "concurrency must be a positive integer"),
+    ({"concurrency": 1.5}, "concurrency must be a positive integer"),
+    ({"rate": "10/d"}, "COUNT/PERIOD")])
+def test_bad_limits_are_refused_at_registration(limits: dict[str, Any], message: str
+                                                ) -> None:
+    with pytest.raises(ValueError, match=message):
+        job_type("badLimits", payload=Empty, **limits)
+    assert "badLimits" not in REGISTRY
+
+
+def test_settings_override_the_decorator_per_field() -> None:
+    overrides = Settings.model_validate({"type_limits": {
+        "capped": {"rate": "3/m"},
+        "metered": {"rate": None},
+        "count": {"concurrency": 1}}}).type_limits
+    limits = effective_limits(REGISTRY, overrides)
+    assert limits["capped"] == TypeLimit(2, Rate(3, 60.0))  # concurrency kept
+    assert "metered" not in limits  # a null lifts the decorator's limit
+    assert limits["count"] == TypeLimit(1, None)
+    assert "echo" not in limits
+
+
+def test_bad_limit_settings_fail_at_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JOBQUEUE_TYPE_LIMITS", json.dumps(
+        {"sendEmail": {"concurrency": 5, "rate": "10 per second"}}))
+    with pytest.raises(ValidationError, match=r"type_limits\.sendEmail\.rate"):
+        Settings()
+    monkeypatch.setenv("JOBQUEUE_TYPE_LIMITS", '{"sendEmail": {"concurency": 5}}')
+    with pytest.raises(ValidationError, match="concurency"):
+        Settings()
+    monkeypatch.setenv("JOBQUEUE_TYPE_LIMITS", json.dumps(
+        {"sendEmail": {"concurrency": 5, "rate": "10/s"}}))
+    assert Settings().type_limits == {"sendEmail": TypeLimitSetting(concurrency=5,
+                                                                    rate="10/s")}
