@@ -24,9 +24,9 @@ async def test_traceback_of_a_failed_job_has_no_server_paths(
     body = (await api.get(f"/jobs/{job}")).json()
     assert body["status"] == "FAILED"
     tb = body["error"]["traceback"]
-    assert 'File "tests/handlers.py", line ' in tb  # the handler's own frame, relative
-    assert 'File "services/worker/worker.py", line ' in tb
-    assert not re.search(r'File "/', tb), tb
+    files = re.findall(r'File "([^"]+)", line \d+', tb)
+    assert files, tb  # the frames the stored tail keeps, each relative to the project
+    assert all(f.startswith(("shared/", "services/", "tests/")) for f in files), files
     assert str(PROJECT_ROOT) not in tb and "site-packages" not in tb
     for entry in body["history"]:
         if entry.get("error") and entry["error"].get("traceback"):
