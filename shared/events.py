@@ -1,5 +1,10 @@
 """Status events: built by the transitions module, stored in the job's outbox, published
-on the pub/sub channel (the doorbell), streamed over SSE and delivered as webhooks."""
+on the pub/sub channel (the doorbell), streamed over SSE and delivered as webhooks.
+
+An event names its job, status, attempt and sequence number; its ``data`` is small
+(``runAt``, an error's type and message, ``redelivered``), never the result. Only a
+webhook of ``job.completed`` adds the result, when it is small (:func:`webhook_result`).
+"""
 
 from __future__ import annotations
 
@@ -37,3 +42,22 @@ class Event(BaseModel):
 
 def event_type(status: JobStatus) -> str:
     return f"job.{status.value.lower()}"
+
+
+def result_path(job_id: str) -> str:
+    """Where the API serves a job with its result (relative to the API's base URL)."""
+    return f"/jobs/{job_id}"
+
+
+def webhook_result(job_id: str, result: Any, max_bytes: int) -> dict[str, Any]:
+    """What a ``job.completed`` webhook adds to its data: ``result`` when its JSON is at
+    most ``max_bytes``, else ``resultUrl`` (the API path to fetch the job and its result)
+    and ``resultTruncated: true``."""
+    try:
+        size = len(json.dumps(result, separators=(",", ":"), ensure_ascii=False,
+                              default=str).encode())
+    except (TypeError, ValueError, RecursionError):
+        size = max_bytes + 1
+    if size <= max_bytes:
+        return {"result": result}
+    return {"resultUrl": result_path(job_id), "resultTruncated": True}

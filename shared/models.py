@@ -20,6 +20,10 @@ from shared.ids import new_delivery_id, new_job_id
 from shared.status import JobStatus, Priority
 from shared.tenants import DEFAULT_TENANT
 
+DELIVERY_LOG_MAX_AGE_SECONDS = 800 * 86400
+"""Older than any job can be: scheduled at most 366 days ahead, kept at most 365 days
+once finished (plus the webhook retry schedule)."""
+
 
 class Stored(BaseModel):
     """Shapes embedded in the job: stored snake_case, shown camelCase by the API."""
@@ -71,6 +75,16 @@ class Job(Document):
     result: Any = None
     error: ErrorInfo | None = None
     history: list[HistoryEntry] = Field(default_factory=list)
+    """The last ``history_limit`` events (contiguous: entry i is event seq-len+1+i)."""
+    history_first: HistoryEntry | None = None
+    """The job's first event, kept when the history no longer holds it."""
+    history_limit: int | None = None
+    """History entries kept (JOBQUEUE_HISTORY_LIMIT when the job was submitted)."""
+    retention_seconds: float | None = None
+    """How long the job is kept once finished (submit's retentionSeconds or the setting)."""
+    expires_at: datetime | None = None
+    """Set when the job finishes: the scheduler then deletes it with its artifacts and
+    delivery log (see services.scheduler.retention); unset again by a manual retry."""
     outbox: list[dict[str, Any]] = Field(default_factory=list)
     """Events not yet delivered to callback_url, oldest first (see webhooks.outbox)."""
     outbox_due_at: datetime | None = None
@@ -109,6 +123,9 @@ class Job(Document):
             # The notifier's sweep: jobs whose outbox is due.
             IndexModel([("outbox_due_at", pymongo.ASCENDING)], sparse=True,
                        name="outbox_due"),
+            # The retention sweep: finished jobs, soonest to expire first. Not a TTL
+            # index: a job's artifacts and deliveries must go with it.
+            IndexModel([("expires_at", pymongo.ASCENDING)], sparse=True, name="expires"),
         ]
 
 
@@ -137,4 +154,8 @@ class WebhookDelivery(Document):
         indexes: ClassVar[list[IndexModel]] = [
             IndexModel([("job_id", pymongo.ASCENDING), ("at", pymongo.ASCENDING)],
                        name="job_at"),
+            # A backstop only: records go with their job (the retention sweep); this
+            # removes any left behind once no job can still be alive.
+            IndexModel([("at", pymongo.ASCENDING)], name="at_ttl",
+                       expireAfterSeconds=DELIVERY_LOG_MAX_AGE_SECONDS),
         ]

@@ -375,3 +375,17 @@ class RedisQueue:
 
     async def hold_leadership(self, token: str, lease_ms: int) -> bool:
         return bool(await self._leader(keys=[self.keys.leader], args=[token, lease_ms]))
+
+    # -- housekeeping ---------------------------------------------------------------------
+
+    async def delete_idle_consumers(self, streams: Sequence[str], idle_ms: int) -> int:
+        """Delete, on each of these streams, the consumers of the workers' group that own
+        no pending entry and were idle over ``idle_ms`` (workers that are gone); return
+        how many. See drop_idle_consumers.lua."""
+        if not streams:
+            return 0
+        script = _script(self.redis, "drop_idle_consumers")
+        pipe = self.redis.pipeline(transaction=False)
+        for stream in streams:
+            await script(keys=[stream], args=[CONSUMER_GROUP, idle_ms], client=pipe)
+        return sum(int(n) for n in await pipe.execute())

@@ -71,6 +71,14 @@ class Settings(BaseSettings):
     max_deliveries: int = Field(5, gt=0)
     max_result_bytes: int = Field(1024 * 1024, gt=0, le=16 * 1024 * 1024)
     process_pool_size: int = Field(2, gt=0, le=256)
+
+    # Bounded storage: finished jobs expire; histories, tracebacks and webhooks are capped.
+    retention_seconds: float = Field(7 * 86400.0, ge=1, le=365 * 86400)
+    retention_sweep_interval_seconds: float = Field(10.0, gt=0)
+    retention_sweep_page_size: int = Field(500, gt=0)
+    history_limit: int = Field(100, ge=64, le=10_000)
+    consumer_idle_seconds: float | None = Field(None, gt=0)
+    """Unset: 10 x visibility_timeout_seconds."""
     type_limits: dict[str, TypeLimitSetting] = {}
     """Per job type, JSON: ``{"sendEmail": {"concurrency": 5, "rate": "10/s"}}``."""
 
@@ -91,6 +99,7 @@ class Settings(BaseSettings):
     webhook_sweep_interval_seconds: float = Field(5.0, gt=0)
     webhook_concurrency: int = Field(50, gt=0)
     webhook_lease_seconds: float = Field(60.0, gt=0)
+    webhook_max_result_bytes: int = Field(16 * 1024, ge=0)
     webhook_secrets_refresh_seconds: float = Field(30.0, gt=0)
     """How long the notifier uses a tenant's secrets before reading them again."""
 
@@ -124,6 +133,19 @@ class Settings(BaseSettings):
         "handler_modules", "webhook_retry_schedule", "webhook_allowed_hosts",
         "scrape_allowed_hosts", mode="before"
     )(_split_commas)
+
+    @field_validator("history_limit")
+    @classmethod
+    def _history_holds_deaths(cls, limit: int, info: Any) -> int:
+        # NOTE: poison pills are counted from the history's last entries (scheduler).
+        if limit < 3 * info.data.get("max_deliveries", 0):
+            raise ValueError("history_limit must be at least 3 x max_deliveries")
+        return limit
+
+    @property
+    def consumer_idle_after_seconds(self) -> float:
+        """How long a worker's consumer may sit empty and idle before it is deleted."""
+        return self.consumer_idle_seconds or 10 * self.visibility_timeout_seconds
 
     def require_stores(self) -> tuple[str, str]:
         """The Redis and MongoDB URLs, or a clear start-up error when either is unset."""

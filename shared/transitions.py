@@ -6,23 +6,42 @@ delivery, a late worker that lost its claim, or two racing writers can never mov
 backwards or finish it twice: the second writer's filter simply matches nothing.
 The same update appends the status event to the history and (when the job has a
 callback URL that wants it) to the webhook outbox.
+
+Nothing in a job grows without bound: the history keeps its first event
+(``history_first``) and its last ``history_limit`` events (``history``, contiguous, so
+event ``seq - len(history) + 1`` is its first); tracebacks are cut to a tail; events
+carry ids and status, not results (a webhook gets a small result, or where to fetch
+it); and a finished job gets ``expires_at``, when the scheduler deletes it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo import UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 
 from shared.errors import Conflict, NotFound
-from shared.events import Event, event_type
+from shared.events import Event, event_type, webhook_result
 from shared.ids import new_event_id
 from shared.models import ErrorInfo
 from shared.status import JobStatus
+
+DEFAULT_RETENTION_SECONDS = 7 * 86400
+"""How long a finished job is kept when its document does not say (the API always
+stores the submit's ``retentionSeconds`` or JOBQUEUE_RETENTION_SECONDS)."""
+DEFAULT_HISTORY_LIMIT = 100
+"""Last history entries kept when the job does not say (JOBQUEUE_HISTORY_LIMIT)."""
+DEFAULT_WEBHOOK_MAX_RESULT_BYTES = 16 * 1024
+"""Largest result a webhook carries by default (JOBQUEUE_WEBHOOK_MAX_RESULT_BYTES)."""
+TRACEBACK_TAIL_LINES, TRACEBACK_TAIL_CHARS = 20, 2048
+"""``error.traceback`` keeps at most its last 20 lines and 2,048 characters."""
+HISTORY_TRACEBACK_LINES, HISTORY_TRACEBACK_CHARS = 5, 512
+"""A history entry's error keeps at most its last 5 lines and 512 characters."""
+ERROR_MESSAGE_CHARS = 2000
 
 S = JobStatus
 ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
@@ -51,7 +70,10 @@ class Transition:
     changes: dict[str, Any] = field(default_factory=dict)
     increments: dict[str, int] = field(default_factory=dict)
     history: dict[str, Any] = field(default_factory=dict)
+    history_limit: int = DEFAULT_HISTORY_LIMIT
     to_outbox: bool = False
+    outbox_data: dict[str, Any] = field(default_factory=dict)
+    """Added to the event's ``data`` in the webhook outbox only (never published)."""
 
     @property
     def filter(self) -> Doc:
@@ -60,23 +82,54 @@ class Transition:
 
     @property
     def update(self) -> Doc:
-        push: Doc = {"history": self.history}
+        # NOTE: keeps the last entries only; the first is kept in history_first.
+        push: Doc = {"history": {"$each": [self.history], "$slice": -self.history_limit}}
         update: Doc = {
             "$set": {**self.changes, "status": self.event.status.value,
                      "seq": self.event.seq, "updated_at": self.event.at},
             "$push": push,
         }
         if self.to_outbox:
-            push["outbox"] = outbox_entry(self.event)
+            push["outbox"] = outbox_entry(self.event, self.outbox_data)
             update["$min"] = {"outbox_due_at": self.event.at}
         if self.increments:
             update["$inc"] = self.increments
         return update
 
 
-def outbox_entry(event: Event) -> Doc:
-    """An event waiting in the job's webhook outbox, with its delivery bookkeeping."""
-    return {**event.model_dump(), "attempts": 0, "next_at": event.at}
+def outbox_entry(event: Event, data: Doc | None = None) -> Doc:
+    """An event waiting in the job's webhook outbox, with its delivery bookkeeping;
+    ``data`` is added to the event's data for the webhook alone."""
+    entry = {**event.model_dump(), "attempts": 0, "next_at": event.at}
+    if data:
+        entry["data"] = {**entry["data"], **data}
+    return entry
+
+
+def tail(text: str | None, lines: int, chars: int) -> str | None:
+    """The end of ``text``: at most its last ``lines`` lines and ``chars`` characters."""
+    if text is None:
+        return None
+    return "".join(text.splitlines(keepends=True)[-lines:])[-chars:]
+
+
+def bounded(error: ErrorInfo, lines: int = TRACEBACK_TAIL_LINES,
+            chars: int = TRACEBACK_TAIL_CHARS) -> Doc:
+    """An error as stored: message and traceback cut to their documented sizes."""
+    return {"type": error.type, "message": error.message[:ERROR_MESSAGE_CHARS],
+            "traceback": tail(error.traceback, lines, chars)}
+
+
+def _brief(error: ErrorInfo) -> Doc:
+    """An error as events carry it: type and message, no traceback."""
+    return {"type": error.type, "message": error.message[:ERROR_MESSAGE_CHARS]}
+
+
+def expiry(doc: Doc, finished_at: datetime) -> datetime:
+    """When a job finished at ``finished_at`` is deleted with its artifacts, delivery
+    log and idempotency key."""
+    seconds = doc.get("retention_seconds") or DEFAULT_RETENTION_SECONDS
+    return finished_at + timedelta(seconds=seconds)
 
 
 def wants_webhook(doc: Doc, status: JobStatus) -> bool:
@@ -101,11 +154,12 @@ def _plan(doc: Doc, to: JobStatus, now: datetime, *, attempt: int | None = None,
     history: Doc = {"status": to.value, "at": now, "attempt": attempt, "event_id": event.id,
                     "worker_id": worker_id}
     if error is not None:
-        history["error"] = error.model_dump()
+        history["error"] = bounded(error, HISTORY_TRACEBACK_LINES, HISTORY_TRACEBACK_CHARS)
     history.update(note or {})
     return Transition(job_id=doc["_id"], expected_status=current,
                       expected_seq=doc.get("seq", 0), event=event,
                       changes=changes or {}, increments=increments or {}, history=history,
+                      history_limit=doc.get("history_limit") or DEFAULT_HISTORY_LIMIT,
                       to_outbox=wants_webhook(doc, to))
 
 
@@ -128,8 +182,10 @@ def new_job(fields: Doc, now: datetime) -> tuple[Doc, Event]:
     event = Event(id=new_event_id(), type=event_type(status), job_id=doc["_id"],
                   status=status, attempt=0, seq=1, at=now, data=data)
     doc["seq"] = 1
-    doc["history"] = [{"status": status.value, "at": now, "attempt": 0,
-                       "event_id": event.id, "worker_id": None}]
+    first = {"status": status.value, "at": now, "attempt": 0, "event_id": event.id,
+             "worker_id": None}
+    doc["history"] = [first]
+    doc["history_first"] = first
     if wants_webhook(doc, status):
         doc["outbox"] = [outbox_entry(event)]
         doc["outbox_due_at"] = now
@@ -156,17 +212,26 @@ def claim(doc: Doc, *, entry_id: str, worker_id: str, now: datetime,
 
 
 def complete(doc: Doc, result: Any, now: datetime, *, worker_id: str | None = None,
-             extra: Doc | None = None) -> Transition:
-    return _plan(doc, S.COMPLETED, now, worker_id=worker_id, data={"result": result},
-                 changes={"result": result, "error": None, "finished_at": now,
-                          "claim": None, "cancel_requested": False, **(extra or {})})
+             extra: Doc | None = None,
+             webhook_max_result_bytes: int = DEFAULT_WEBHOOK_MAX_RESULT_BYTES
+             ) -> Transition:
+    """PROCESSING -> COMPLETED. The event carries no result; the job's webhook gets it
+    when it is at most ``webhook_max_result_bytes`` (see events.webhook_result)."""
+    t = _plan(doc, S.COMPLETED, now, worker_id=worker_id,
+              changes={"result": result, "error": None, "finished_at": now,
+                       "expires_at": expiry(doc, now), "claim": None,
+                       "cancel_requested": False, **(extra or {})})
+    if t.to_outbox:
+        t.outbox_data = webhook_result(doc["_id"], result, webhook_max_result_bytes)
+    return t
 
 
 def fail(doc: Doc, error: ErrorInfo, now: datetime, *,
          worker_id: str | None = None) -> Transition:
     return _plan(doc, S.FAILED, now, worker_id=worker_id, error=error,
-                 data={"error": error.model_dump(exclude={"traceback"})},
-                 changes={"error": error.model_dump(), "finished_at": now, "claim": None,
+                 data={"error": _brief(error)},
+                 changes={"error": bounded(error), "finished_at": now,
+                          "expires_at": expiry(doc, now), "claim": None,
                           "cancel_requested": False})
 
 
@@ -178,14 +243,15 @@ def retry_later(doc: Doc, error: ErrorInfo, run_at: datetime, now: datetime, *,
     last looked is then honoured when the retry is claimed (see worker.claiming)."""
     return _plan(doc, S.SCHEDULED, now, worker_id=worker_id, error=error,
                  data={"runAt": run_at.isoformat(),
-                       "error": error.model_dump(exclude={"traceback"})},
-                 changes={"run_at": run_at, "error": error.model_dump(), "claim": None},
+                       "error": _brief(error)},
+                 changes={"run_at": run_at, "error": bounded(error), "claim": None},
                  increments={"retries": 1})
 
 
 def cancel(doc: Doc, now: datetime, *, worker_id: str | None = None) -> Transition:
     return _plan(doc, S.CANCELLED, now, worker_id=worker_id,
-                 changes={"finished_at": now, "claim": None, "cancel_requested": False})
+                 changes={"finished_at": now, "expires_at": expiry(doc, now), "claim": None,
+                          "cancel_requested": False})
 
 
 def requeue(doc: Doc, now: datetime) -> Transition:
@@ -194,7 +260,7 @@ def requeue(doc: Doc, now: datetime) -> Transition:
     changes: Doc = {"run_at": None}
     if JobStatus(doc["status"]) in (S.FAILED, S.CANCELLED):
         changes.update({"retries": 0, "error": None, "result": None, "finished_at": None,
-                        "cancel_requested": False})
+                        "expires_at": None, "cancel_requested": False})
     return _plan(doc, S.QUEUED, now, changes=changes)
 
 

@@ -19,6 +19,8 @@ CallbackEvent = StrEnum(  # type: ignore[misc]
 """The event types a callback can ask for: one per status (``job.completed``, ...)."""
 MAX_UTC_OFFSET = timedelta(hours=18)
 """The widest UTC offset ISO 8601 / RFC 3339 readers (and BSON round trips) agree on."""
+MIN_RETENTION_SECONDS, MAX_RETENTION_SECONDS = 60, 365 * 86400
+"""Bounds of a submit's ``retentionSeconds`` (how long the finished job is kept)."""
 IDEMPOTENCY_KEY = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]+$"
 """No control characters (C0, C1) or line separators: the key also travels as an HTTP
 header."""
@@ -71,6 +73,8 @@ class SubmitRequest(Camel):
     timeout_seconds: float | None = Field(None, gt=0, le=7 * 86400)
     idempotency_key: str | None = Field(None, min_length=1, max_length=255,
                                         pattern=IDEMPOTENCY_KEY)
+    retention_seconds: float | None = Field(None, ge=MIN_RETENTION_SECONDS,
+                                            le=MAX_RETENTION_SECONDS)
 
     @field_validator("callback_events")
     @classmethod
@@ -129,6 +133,7 @@ class JobStatusResponse(Camel):
     max_retries: int
     run_at: datetime | None = None
     error: ErrorInfo | None = None
+    expires_at: datetime | None = None
 
 
 class JobSummary(Camel):
@@ -158,6 +163,8 @@ class JobPublic(Camel):
     result: Any = None
     error: ErrorInfo | None = None
     history: list[HistoryEntry]
+    """The first event, then the last ones kept (``historyDropped`` left out between)."""
+    history_dropped: int = 0
     artifacts: list[Artifact] = Field(default_factory=list)
     cancel_requested: bool = False
     worker_id: str | None = None
@@ -165,6 +172,21 @@ class JobPublic(Camel):
     updated_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    expires_at: datetime | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _whole_history(cls, doc: Any) -> Any:
+        """From the stored job: its first event before the last ones kept, and how many
+        events between them are no longer kept."""
+        if not isinstance(doc, dict) or "seq" not in doc:
+            return doc
+        history = doc.get("history") or []
+        first = doc.get("history_first")
+        if first is None or doc["seq"] <= len(history):
+            return doc
+        return {**doc, "history": [first, *history],
+                "history_dropped": doc["seq"] - len(history) - 1}
 
 
 class JobPage(Camel):

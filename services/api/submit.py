@@ -133,6 +133,9 @@ class Submitter:
                                 else [e.value for e in request.callback_events]),
             **({"idempotency_key": request.idempotency_key,
                 "request_hash": request_hash(request)} if request.idempotency_key else {}),
+            "retention_seconds": _first(request.retention_seconds,
+                                        self.settings.retention_seconds),
+            "history_limit": self.settings.history_limit,
         }
 
     # -- accepting --------------------------------------------------------------------

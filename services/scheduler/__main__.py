@@ -1,4 +1,5 @@
-"""``jobqueue scheduler``: promote, reclaim and reconcile on APScheduler intervals."""
+"""``jobqueue scheduler``: promote, reclaim, reconcile, expire finished jobs and delete
+dead workers' consumers, on APScheduler intervals."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from typing import Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from services.runtime import on_stop_signals, open_stores, start_service
+from services.scheduler.consumers import INTERVAL_SECONDS as CONSUMERS_INTERVAL_SECONDS
+from services.scheduler.consumers import ConsumerCleanup
+from services.scheduler.retention import Retention
 from services.scheduler.scheduler import Scheduler
 from shared.logs import get_log
 
@@ -34,11 +38,15 @@ async def serve() -> None:
     settings = start_service("scheduler")
     stores = await open_stores(settings)
     scheduler = Scheduler(settings, stores.jobs, stores.queue, stores.clock)
+    retention = Retention(scheduler, stores.deliveries, stores.artifacts)
+    consumers = ConsumerCleanup(scheduler)
     timer = AsyncIOScheduler()
     for step, seconds in ((scheduler.lead, settings.leader_ttl_seconds / 3),
                           (scheduler.promote_due, settings.promote_interval_seconds),
                           (scheduler.reclaim, settings.reclaim_interval_seconds),
                           (scheduler.reconcile, settings.reconcile_interval_seconds),
+                          (retention.sweep, settings.retention_sweep_interval_seconds),
+                          (consumers.sweep, CONSUMERS_INTERVAL_SECONDS),
                           (lambda: stores.clock.sync(stores.redis), 60.0)):
         timer.add_job(guarded(step), "interval", seconds=seconds, max_instances=1,
                       coalesce=True, misfire_grace_time=None)

@@ -138,7 +138,8 @@ class Scheduler:
         docs = {d["_id"]: d async for d in self.jobs.find(
             {"_id": {"$in": [s.job_id for s in stale]}},
             {"status": 1, "claim": 1, "seq": 1, "attempt": 1, "history": 1,
-             "callback_url": 1, "callback_events": 1, "callback_gone": 1})}
+             "callback_url": 1, "callback_events": 1, "callback_gone": 1,
+             "retention_seconds": 1, "history_limit": 1})}
         requeue, poison, done = [], [], []
         for entry in stale:
             doc = docs.get(entry.job_id)

@@ -59,7 +59,8 @@ def plan(doc: transitions.Doc, outcome: Outcome, job_type: JobType | None, setti
     if outcome.status is JobStatus.COMPLETED:
         return transitions.complete(
             doc, outcome.result, now, worker_id=worker_id,
-            extra={"artifacts": [a.model_dump() for a in outcome.artifacts]})
+            extra={"artifacts": [a.model_dump() for a in outcome.artifacts]},
+            webhook_max_result_bytes=settings.webhook_max_result_bytes)
     if outcome.status is JobStatus.CANCELLED:
         return transitions.cancel(doc, now, worker_id=worker_id)
     assert outcome.error is not None
