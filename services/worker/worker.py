@@ -116,6 +116,10 @@ class Worker:
         self.concurrency = self.settings.concurrency
         self.running: dict[str, Running] = {}
         self.backlog: deque[Delivery] = deque()
+        self.parked: list[tuple[float, Delivery]] = []
+        """Takeovers held back by their job type's limits, kept (and heartbeated) until
+        their time (monotonic): the job is PROCESSING (the run it replaces died), so it
+        cannot wait in the delayed set, which promotes QUEUED jobs only."""
         self.stopping = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self.recorder = OutcomeRecorder(self.jobs, self.queue)
@@ -190,7 +194,8 @@ class Worker:
         while not self.stopping.is_set():
             try:
                 drained = await self._claim_step(burst)
-                if burst and drained and not self.running and not self.backlog:
+                if (burst and drained and not self.running and not self.backlog
+                        and not self.parked):
                     return
                 pause = 0.05
             except (PyMongoError, RedisError, OSError) as exc:
@@ -205,6 +210,7 @@ class Worker:
         With free slots and nothing in hand, wait for whichever comes first, a new entry
         (a blocking read) or a freed slot, never for a slot alone: a long job must not
         idle the others."""
+        self._unpark()
         free = self.concurrency - len(self.running)
         drained = False
         if free > len(self.backlog):
@@ -222,7 +228,16 @@ class Worker:
         if self.running and (free <= 0 or self.backlog or burst):
             self._slot_freed.clear()
             await self._slot_freed.wait()
+        elif burst and self.parked and not self.backlog:
+            await asyncio.sleep(max(0.0, min(at for at, _ in self.parked) - time.monotonic()))
         return drained
+
+    def _unpark(self) -> None:
+        now = time.monotonic()
+        due = [d for at, d in self.parked if at <= now]
+        if due:
+            self.parked = [(at, d) for at, d in self.parked if at > now]
+            self.backlog = deque(sorted([*self.backlog, *due], key=_rank))
 
     def _take(self, free: int) -> list[Delivery]:
         """The next entries to start, at most ``free``.
@@ -269,7 +284,10 @@ class Worker:
         held: list[tuple[Delivery, float]] = []
         for d, doc, verdict in verdicts:
             if d.job_id in admission.held and verdict in STARTS:
-                held.append((d, admission.held[d.job_id]))
+                if verdict is Verdict.TAKEOVER:
+                    self.parked.append((time.monotonic() + admission.held[d.job_id], d))
+                else:
+                    held.append((d, admission.held[d.job_id]))
             elif verdict is Verdict.SKIP or doc is None:
                 skipped.append(Settle(d))
             elif verdict is Verdict.OURS:
@@ -443,7 +461,8 @@ class Worker:
         interval = self.settings.visibility_timeout_seconds / 3
         while True:
             await asyncio.sleep(interval)
-            owned = [r.delivery for r in self.running.values()] + list(self.backlog)
+            owned = [r.delivery for r in self.running.values()] + list(self.backlog) + [
+                d for _, d in self.parked]
             try:
                 await self.queue.touch(self.worker_id, owned)
                 await self.limits.refresh((r.doc["job_type"], job_id)

@@ -162,7 +162,7 @@ async def test_a_dead_workers_slots_expire_and_held_jobs_can_be_cancelled(
 
     background(concurrency=4)  # a second worker, with free slots: it must wait too
     later = await submit_many(api, [{"jobType": "capped", "payload": {
-        "path": str(path), "seconds": 0.1}} for _ in range(3)])
+        "path": str(path), "seconds": 3}} for _ in range(3)])
 
     async def held_back() -> bool:
         scores = [await stores.redis.zscore(keys.scheduled,
@@ -178,25 +178,35 @@ async def test_a_dead_workers_slots_expire_and_held_jobs_can_be_cancelled(
 
     killed_at = time.time()
     doomed.kill()
-    # Its slots' leases (the visibility timeout) run out; then the later jobs start.
-    docs = await wait_finished(stores.jobs, later, 60)
-    assert_ran_once(docs)
-    starts = {job: at for kind, job, at, _ in runs(path) if kind == "start"}
-    assert min(starts[job] for job in later) >= killed_at
-    assert cancelled not in starts
-    assert (await stores.jobs.find_one({"_id": cancelled}))["status"] == "CANCELLED"
 
-    # The dead runs are taken over (one reclaim pass), within the cap, and complete.
-    async def taken_over() -> bool:
-        await scheduler.reclaim()
-        await scheduler.reconcile()
+    # Its slots' leases (the visibility timeout) run out: the later jobs start. Then the
+    # dead runs are reclaimed; their takeovers wait for the cap too, and complete.
+    await wait_until(lambda: _started(path, 4), 60, "the later jobs to start")
+    reclaimed, restored = [], []
+
+    async def all_done() -> bool:
+        reclaimed.append(await scheduler.reclaim())
+        restored.append(await scheduler.reconcile())
         return await stores.jobs.count_documents(
-            {"_id": {"$in": long}, "status": "COMPLETED"}) == 2
+            {"_id": {"$in": later + long}, "status": "COMPLETED"}) == 4
 
-    await wait_until(taken_over, 60, "the dead runs to be taken over", 0.2)
+    await wait_until(all_done, 90, "the later jobs and the taken-over runs to complete",
+                     0.2)
+    docs = await wait_finished(stores.jobs, later + long, 10)
+    # A held-back takeover waits with its worker (heartbeated), not lost in between.
+    assert sum(reclaimed) == 2 and sum(restored) == 0
+    assert_ran_once({job: docs[job] for job in later})
     for job in long:
-        doc = await stores.jobs.find_one({"_id": job})
-        assert doc is not None and doc["attempt"] == 2 and doc["retries"] == 0
+        assert docs[job]["attempt"] == 2 and docs[job]["retries"] == 0
+        assert [h["status"] for h in docs[job]["history"]] == [
+            "QUEUED", "PROCESSING", "PROCESSING", "COMPLETED"]
+    records = runs(path)
+    dead = {worker for _, _, _, worker in records[:2]}  # the long jobs' first runs
+    alive = [r for r in records if r[3] not in dead]
+    assert min(at for kind, job, at, _ in alive if kind == "start") >= killed_at
+    assert most_at_once(alive) <= 2
+    assert cancelled not in {job for _, job, _, _ in records}
+    assert (await stores.jobs.find_one({"_id": cancelled}))["status"] == "CANCELLED"
 
 
 async def _started(path: Path, count: int) -> bool:
