@@ -11,6 +11,7 @@ COMMANDS = {
     "scheduler": "services.scheduler.__main__",
     "notifier": "services.notifier.__main__",
     "dev": "services.dev.__main__",
+    "keys": "services.keys.__main__",
     "tenants": "services.tenants.__main__",
 }
 USAGE = """usage: jobqueue <command> [options]
@@ -21,6 +22,7 @@ commands:
   worker      run jobs                (--concurrency N, --burst)
   scheduler   delayed jobs, crash recovery, reconciliation
   notifier    signed webhook delivery (needs JOBQUEUE_WEBHOOK_SECRET)
+  keys        API keys                (create --tenant NAME [--scope S]..., list, revoke ID)
   tenants     webhook signing secrets per tenant (list, show NAME, rotate-secret NAME)
 
 Configuration comes from JOBQUEUE_* environment variables (see README)."""

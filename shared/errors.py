@@ -11,14 +11,18 @@
     ├── InvalidSignature          a webhook's signature, timestamp or headers do not verify
     └── ApiError                  maps to an HTTP error response {"error": {code, message, details}}
         ├── InvalidInput          422, field-level details
+        ├── Unauthorized          401 (no API key, or an unknown or revoked one)
+        ├── Forbidden             403 (the key lacks the scope)
         ├── NotFound              404
         ├── Conflict              409 (illegal transition, idempotency key reused)
         ├── PayloadTooLarge       413
+        ├── RateLimited           429 (over the key's submit rate), with Retry-After
         └── StoreUnavailable      503 (MongoDB or Redis unreachable)
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -76,6 +80,8 @@ class ApiError(JobQueueError):
 
     status_code = 400
     code = "bad_request"
+    headers: dict[str, str] | None = None
+    """Extra response headers (``Retry-After``, ``WWW-Authenticate``)."""
 
     def __init__(self, message: str, *, details: Any = None, code: str | None = None):
         super().__init__(message)
@@ -90,6 +96,24 @@ class InvalidInput(ApiError):
 
     status_code = 422
     code = "invalid_input"
+
+
+class Unauthorized(ApiError):
+    """No API key, or one that is unknown or revoked."""
+
+    status_code = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str, *, details: Any = None) -> None:
+        super().__init__(message, details=details)
+        self.headers = {"WWW-Authenticate": "Bearer"}  # RFC 6750
+
+
+class Forbidden(ApiError):
+    """The API key is valid but lacks the scope this request needs."""
+
+    status_code = 403
+    code = "forbidden"
 
 
 class NotFound(ApiError):
@@ -111,6 +135,18 @@ class PayloadTooLarge(ApiError):
 
     status_code = 413
     code = "payload_too_large"
+
+
+class RateLimited(ApiError):
+    """Over the API key's submit rate: try again after ``retry_after`` seconds."""
+
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: float, details: Any = None) -> None:
+        super().__init__(message, details=details)
+        # NOTE: Retry-After is whole seconds; rounding down would invite an early retry.
+        self.headers = {"Retry-After": str(max(1, math.ceil(retry_after)))}
 
 
 class StoreUnavailable(ApiError):

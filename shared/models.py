@@ -109,9 +109,17 @@ class Job(Document):
         name = "jobs"
         use_revision = False
         indexes: ClassVar[list[IndexModel]] = [
-            IndexModel([("idempotency_key", pymongo.ASCENDING)], unique=True, sparse=True,
-                       name="idempotency_key_unique"),
-            # GET /jobs, newest first, optionally by status and/or type.
+            # Idempotency keys are per tenant. NOTE: partial, not sparse: a sparse
+            # compound index still holds every job (each has a tenant), and all jobs
+            # without a key would collide on (tenant, null).
+            IndexModel([("tenant", pymongo.ASCENDING), ("idempotency_key", pymongo.ASCENDING)],
+                       unique=True, name="tenant_idempotency_key_unique",
+                       partialFilterExpression={"idempotency_key": {"$type": "string"}}),
+            # GET /jobs, newest first, optionally by status and/or type: one tenant's
+            # (status and type are then filtered along its own jobs) ...
+            IndexModel([("tenant", pymongo.ASCENDING), ("created_at", pymongo.DESCENDING),
+                        ("_id", pymongo.DESCENDING)], name="tenant_created"),
+            # ... or every tenant's (an admin key).
             IndexModel([("created_at", pymongo.DESCENDING), ("_id", pymongo.DESCENDING)],
                        name="created"),
             # Also the reconciler's: the jobs in one active status, oldest first.
@@ -158,4 +166,27 @@ class WebhookDelivery(Document):
             # removes any left behind once no job can still be alive.
             IndexModel([("at", pymongo.ASCENDING)], name="at_ttl",
                        expireAfterSeconds=DELIVERY_LOG_MAX_AGE_SECONDS),
+        ]
+
+
+class ApiKey(Document):
+    """An API key (``api_keys`` collection). Only the SHA-256 of its secret is stored;
+    see shared.apikeys. Keys are revoked, never deleted."""
+
+    id: str  # type: ignore[assignment]
+    key_hash: str
+    prefix: str
+    """The first characters of the key, enough to recognise it in a list (not secret)."""
+    tenant: str
+    scopes: list[str]
+    submit_rate: str | None = None
+    """This key's submit rate (``100/s``), instead of JOBQUEUE_SUBMIT_RATE_LIMIT."""
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+    class Settings:
+        name = "api_keys"
+        use_revision = False
+        indexes: ClassVar[list[IndexModel]] = [
+            IndexModel([("key_hash", pymongo.ASCENDING)], unique=True, name="key_hash_unique"),
         ]

@@ -4,7 +4,7 @@ start-up. Services receive it in their constructors; nothing else reads the envi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -59,6 +59,16 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(64 * 1024, ge=1024)
     sse_max_clients: int = Field(1000, gt=0)
     sse_keepalive_seconds: float = Field(15.0, gt=0)
+
+    # Access control (services/api/auth.py, shared/apikeys.py)
+    auth: Literal["enabled", "disabled"] = "enabled"
+    """``disabled``: no API keys checked, every caller may do everything (default tenant)."""
+    api_key_cache_seconds: float = Field(5.0, ge=0)
+    """How long an API process trusts what it read about a key (a revoke takes effect
+    within this time) and that no key exists yet (protected mode ends within it)."""
+    submit_rate_limit: str | None = None
+    """Jobs each API key may submit, e.g. ``100/s`` (unset: unlimited); a key may
+    override it (``jobqueue keys create --submit-rate``)."""
 
     # Jobs and workers
     concurrency: int = Field(10, gt=0)
@@ -133,6 +143,15 @@ class Settings(BaseSettings):
         "handler_modules", "webhook_retry_schedule", "webhook_allowed_hosts",
         "scrape_allowed_hosts", mode="before"
     )(_split_commas)
+
+    @field_validator("submit_rate_limit", mode="before")
+    @classmethod
+    def _rate(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        if isinstance(value, str):
+            Rate.parse(value)  # ValueError names the expected form
+        return value
 
     @field_validator("history_limit")
     @classmethod

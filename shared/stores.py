@@ -16,10 +16,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry as RedisRetry
 
 from shared.logs import get_log
-from shared.models import Job, WebhookDelivery
+from shared.models import ApiKey, Job, WebhookDelivery
 from shared.settings import Settings
 
-MONGO_MODELS: list[Any] = [Job, WebhookDelivery]
+MONGO_MODELS: list[Any] = [Job, WebhookDelivery, ApiKey]
 STARTUP_WAIT_SECONDS = 120.0
 log = get_log(__name__)
 

@@ -21,7 +21,7 @@ from services.worker.worker import Worker
 from shared.jobtypes import load_handler_modules
 from shared.settings import Settings
 from tests.faults import FaultProxy
-from tests.support import isolated_settings
+from tests.support import bearer, isolated_settings
 
 
 @dataclass
@@ -136,3 +136,15 @@ async def proxy(settings: Settings) -> AsyncIterator[FaultProxy]:
     started = await FaultProxy.for_url(settings.mongodb_url).start()
     yield started
     await started.close()
+
+
+@pytest.fixture
+def make_key(stores: Stores, settings: Settings):  # type: ignore[no-untyped-def]
+    """``await make_key("acme", "read")``: headers with a new API key (tests.support.bearer)."""
+
+    async def make(tenant: str, *scopes: str, submit_rate: str | None = None
+                   ) -> dict[str, str]:
+        return await bearer(stores.mongo[settings.mongodb_database], tenant, *scopes,
+                            submit_rate=submit_rate)
+
+    return make

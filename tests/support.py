@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 
 from services.dev.embedded import free_port, wait_for_port
+from shared.apikeys import Scope, create_key
 from shared.settings import Settings
 from shared.status import TERMINAL
 
@@ -175,3 +176,11 @@ def gone(pid: int) -> bool:
     except ProcessLookupError:
         return True
     return False
+
+
+async def bearer(db: Any, tenant: str, *scopes: str, submit_rate: str | None = None
+                 ) -> dict[str, str]:
+    """Headers carrying a new API key for ``tenant``, made as ``jobqueue keys create``
+    makes it (``scopes`` default to submit)."""
+    _, key = await create_key(db, tenant, tuple(Scope(s) for s in scopes), submit_rate)
+    return {"Authorization": f"Bearer {key}"}

@@ -40,7 +40,9 @@ def field_errors(errors: Any, prefix: tuple[Any, ...] = ()) -> list[dict[str, An
 
 async def _api_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status_code, exc.code, exc.message, exc.details)
+    response = error_response(exc.status_code, exc.code, exc.message, exc.details)
+    response.headers.update(exc.headers or {})
+    return response
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

@@ -13,6 +13,7 @@ from pydantic.alias_generators import to_camel
 from shared.events import event_type
 from shared.models import Artifact, ErrorInfo, HistoryEntry
 from shared.status import JobStatus, Priority
+from shared.tenants import DEFAULT_TENANT
 
 CallbackEvent = StrEnum(  # type: ignore[misc]
     "CallbackEvent", {event_type(s): event_type(s) for s in JobStatus})
@@ -44,10 +45,14 @@ class ErrorBody(BaseModel):
 
 ERROR_MEANINGS = {
     400: "The body is not valid JSON.",
+    401: "No API key, or an unknown or revoked one (`Authorization: Bearer <key>`).",
+    403: "The API key lacks the scope this needs; or, while no key exists, the client is "
+         "not on this machine (`protected_mode`).",
     404: "No such job (or artifact, or event).",
     409: "Illegal for the job's status, or an idempotency key reused for another request.",
     413: "The body is over JOBQUEUE_MAX_BODY_BYTES.",
     422: "A field is invalid; details name each one.",
+    429: "Over the API key's submit rate (`rate_limited`); Retry-After says when to retry.",
     503: "MongoDB or Redis is unreachable; nothing was changed.",
 }
 
@@ -138,6 +143,7 @@ class JobStatusResponse(Camel):
 
 class JobSummary(Camel):
     job_id: str
+    tenant: str = DEFAULT_TENANT
     job_type: str
     status: JobStatus
     priority: Priority
@@ -148,6 +154,7 @@ class JobSummary(Camel):
 
 class JobPublic(Camel):
     job_id: str
+    tenant: str = DEFAULT_TENANT
     job_type: str
     payload: dict[str, Any]
     status: JobStatus

@@ -87,9 +87,10 @@ class Submitter:
 
     # -- validation -------------------------------------------------------------------
 
-    async def prepare(self, request: SubmitRequest, *,
-                      where: tuple[Any, ...] = ()) -> dict[str, Any]:
-        """Validate one submission; return the fields of its document (without status).
+    async def prepare(self, request: SubmitRequest, *, where: tuple[Any, ...] = (),
+                      tenant: str = DEFAULT_TENANT) -> dict[str, Any]:
+        """Validate one submission of ``tenant``; return the fields of its document
+        (without status).
 
         Raises InvalidInput with field-level details (``where`` prefixes the field
         paths, e.g. ``("jobs", 3)`` in a batch).
@@ -120,6 +121,7 @@ class Submitter:
             run_at = self.clock.now() + timedelta(seconds=request.delay_seconds)
         return {
             "_id": new_job_id(),
+            "tenant": tenant,
             "job_type": request.job_type,
             "payload": payload.model_dump(mode="json"),
             "priority": request.priority.value,
@@ -143,7 +145,8 @@ class Submitter:
     async def submit(self, fields: dict[str, Any]) -> Accepted:
         key = fields.get("idempotency_key")
         if key:
-            earlier = await self.jobs.find_one({"idempotency_key": key})
+            earlier = await self.jobs.find_one({"tenant": _tenant(fields),
+                                                "idempotency_key": key})
             if earlier:
                 return self._same_request(earlier, fields)
         return await self._commit(fields)
@@ -168,7 +171,9 @@ class Submitter:
         owner = _first_use_of_keys(batch)
         earlier: dict[str, Accepted] = {}
         if owner:
-            async for doc in self.jobs.find({"idempotency_key": {"$in": list(owner)}}):
+            # NOTE: one caller's batch: every job in it has the same tenant.
+            async for doc in self.jobs.find({"tenant": _tenant(batch[0]),
+                                             "idempotency_key": {"$in": list(owner)}}):
                 key = doc["idempotency_key"]
                 earlier[key] = self._same_request(doc, batch[owner[key]])
         # NOTE: a concurrent submit with the same key can still land between this check
@@ -329,7 +334,8 @@ class Submitter:
     async def _resolve_duplicate(self, fields: dict[str, Any],
                                  future: asyncio.Future[Accepted]) -> None:
         try:
-            earlier = await self.jobs.find_one({"idempotency_key": fields["idempotency_key"]})
+            earlier = await self.jobs.find_one({"tenant": _tenant(fields),
+                                                "idempotency_key": fields["idempotency_key"]})
             if earlier is None:  # deleted in between: a fresh submission is fine
                 _resolve(future, await self.submit(fields))
             else:
@@ -371,6 +377,11 @@ def _chunk_ends(sizes: list[int], max_bytes: int) -> list[int]:
             total = 0
         total += size
     return [*ends, len(sizes)]
+
+
+def _tenant(fields: dict[str, Any]) -> str:
+    tenant: str = fields.get("tenant", DEFAULT_TENANT)
+    return tenant
 
 
 def _first(*values: Any) -> Any:

@@ -7,20 +7,20 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Response
 from fastapi.responses import StreamingResponse
 
-from services.api.deps import Context
+from services.api.deps import Context, Reader, Writer
+from services.api.routes.jobs import load_job
 from services.api.schemas import error_responses
 from shared.errors import Conflict, NotFound
 from shared.status import TERMINAL
 
-router = APIRouter(tags=["jobs"], responses=error_responses(404, 409, 422, 503))
+router = APIRouter(tags=["jobs"], responses=error_responses(401, 403, 404, 409, 422, 503))
 
 
 @router.get("/jobs/{job_id}/artifacts/{name}")
-async def download_artifact(job_id: str, name: str, ctx: Context) -> StreamingResponse:
+async def download_artifact(job_id: str, name: str, ctx: Context, caller: Reader
+                            ) -> StreamingResponse:
     """Stream an artifact the job listed, with its content type and length."""
-    job = await ctx.jobs.find_one({"_id": job_id}, {"artifacts": 1})
-    if job is None:
-        raise NotFound(f"no job {job_id!r}", details={"jobId": job_id})
+    job = await load_job(ctx, caller, job_id, {"artifacts": 1})
     listed = {a["name"]: a for a in job.get("artifacts", [])}
     grid_out = await ctx.stores.artifacts.open(job_id, name) if name in listed else None
     if grid_out is None:
@@ -37,11 +37,9 @@ async def download_artifact(job_id: str, name: str, ctx: Context) -> StreamingRe
 
 
 @router.delete("/jobs/{job_id}", status_code=204)
-async def delete_job(job_id: str, ctx: Context) -> Response:
+async def delete_job(job_id: str, ctx: Context, caller: Writer) -> Response:
     """Delete a finished job, its artifacts and its delivery log (409 while active)."""
-    job = await ctx.jobs.find_one({"_id": job_id}, {"status": 1})
-    if job is None:
-        raise NotFound(f"no job {job_id!r}", details={"jobId": job_id})
+    job = await load_job(ctx, caller, job_id, {"status": 1})
     if job["status"] not in TERMINAL:
         raise Conflict(f"a {job['status']} job cannot be deleted; cancel it first",
                        code="illegal_transition", details={"status": job["status"]})

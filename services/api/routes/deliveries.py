@@ -4,21 +4,21 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from services.api.deps import Context
+from services.api.deps import Context, Reader, Writer
+from services.api.routes.jobs import load_job
 from services.api.schemas import DeliveryLog, DeliveryPublic, error_responses
 from shared.errors import NotFound
 from shared.events import Event
 from shared.transitions import outbox_entry
 
-router = APIRouter(tags=["webhooks"], responses=error_responses(404, 409, 422, 503))
+router = APIRouter(tags=["webhooks"],
+                   responses=error_responses(401, 403, 404, 409, 422, 503))
 
 
 @router.get("/jobs/{job_id}/deliveries", response_model=DeliveryLog)
-async def list_deliveries(job_id: str, ctx: Context) -> DeliveryLog:
+async def list_deliveries(job_id: str, ctx: Context, caller: Reader) -> DeliveryLog:
     """Every attempt to deliver this job's events, oldest first."""
-    job = await ctx.jobs.find_one({"_id": job_id}, {"outbox": 1, "callback_gone": 1})
-    if job is None:
-        raise NotFound(f"no job {job_id!r}", details={"jobId": job_id})
+    job = await load_job(ctx, caller, job_id, {"outbox": 1, "callback_gone": 1})
     rows = await ctx.stores.deliveries.find({"job_id": job_id}).sort("at", 1).to_list()
     return DeliveryLog(job_id=job_id, pending_events=len(job.get("outbox", [])),
                        callback_gone=bool(job.get("callback_gone")),
@@ -26,9 +26,11 @@ async def list_deliveries(job_id: str, ctx: Context) -> DeliveryLog:
 
 
 @router.post("/jobs/{job_id}/deliveries/{event_id}/redeliver", status_code=202)
-async def redeliver(job_id: str, event_id: str, ctx: Context) -> dict[str, str]:
+async def redeliver(job_id: str, event_id: str, ctx: Context, caller: Writer
+                    ) -> dict[str, str]:
     """Queue an event for delivery again (same webhook-id, fresh attempts); this also
     re-enables a callback that answered 410 Gone."""
+    await load_job(ctx, caller, job_id, {"_id": 1})  # its tenant never changes
     record = await ctx.stores.deliveries.find_one({"job_id": job_id, "event_id": event_id})
     if record is None:
         raise NotFound(f"no delivery of event {event_id!r} for job {job_id!r}",

@@ -12,7 +12,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Response
 from redis.exceptions import RedisError
 
-from services.api.deps import Context
+from services.api.auth import Principal
+from services.api.deps import Context, Reader, Writer
 from services.api.schemas import (
     IDEMPOTENCY_KEY,
     BatchSubmitRequest,
@@ -37,8 +38,8 @@ from shared.tenants import DEFAULT_TENANT
 log = get_log(__name__)
 
 # NOTE: every route here may answer these; the submit routes add their own below.
-router = APIRouter(tags=["jobs"], responses=error_responses(404, 409, 422, 503))
-SUBMIT_ERRORS = error_responses(400, 413)
+router = APIRouter(tags=["jobs"], responses=error_responses(401, 403, 404, 409, 422, 503))
+SUBMIT_ERRORS = error_responses(400, 413, 429)
 SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"model": SubmitResponse,
           "description": "The idempotency key matched an earlier identical request: that job."},
@@ -58,25 +59,31 @@ def _answer(accepted: Accepted, response: Response) -> SubmitResponse:
              responses=SUBMIT_RESPONSES)
 @router.post("/jobs", status_code=202, response_model=SubmitResponse,
              responses=SUBMIT_RESPONSES)
-async def submit_job(body: SubmitRequest, ctx: Context, response: Response,
+async def submit_job(body: SubmitRequest, ctx: Context, caller: Writer, response: Response,
                      idempotency_key: IdempotencyKey = None) -> SubmitResponse:
     """Accept a job: 202 once it is stored; 200 with the original job when its
-    idempotency key was seen before."""
+    idempotency key was seen before (by the same tenant)."""
     if idempotency_key and not body.idempotency_key:
         body.idempotency_key = idempotency_key
-    accepted = await ctx.submitter.submit(await ctx.submitter.prepare(body))
+    await ctx.submit_rate.take(caller, 1)
+    accepted = await ctx.submitter.submit(
+        await ctx.submitter.prepare(body, tenant=caller.tenant))
     return _answer(accepted, response)
 
 
 @router.post("/jobs/batch", status_code=202, response_model=BatchSubmitResponse,
              responses=SUBMIT_ERRORS)
-async def submit_batch(body: BatchSubmitRequest, ctx: Context) -> BatchSubmitResponse:
-    """Accept many jobs at once; nothing is stored unless every one is valid."""
+async def submit_batch(body: BatchSubmitRequest, ctx: Context, caller: Writer
+                       ) -> BatchSubmitResponse:
+    """Accept many jobs at once; nothing is stored unless every one is valid. Each job
+    counts against the submit rate."""
+    await ctx.submit_rate.take(caller, len(body.jobs))
     gate = asyncio.Semaphore(PREPARE_CONCURRENCY)
 
     async def prepare(i: int, request: SubmitRequest) -> dict[str, Any]:
         async with gate:
-            return await ctx.submitter.prepare(request, where=("jobs", i))
+            return await ctx.submitter.prepare(request, where=("jobs", i),
+                                               tenant=caller.tenant)
 
     prepared = await asyncio.gather(*(prepare(i, r) for i, r in enumerate(body.jobs)),
                                     return_exceptions=True)
@@ -97,23 +104,26 @@ async def submit_batch(body: BatchSubmitRequest, ctx: Context) -> BatchSubmitRes
                                      for a in accepted])
 
 
-async def _load(ctx: Context, job_id: str, projection: dict[str, Any] | None = None
-                ) -> dict[str, Any]:
-    doc: dict[str, Any] | None = await ctx.jobs.find_one({"_id": job_id}, projection)
+async def load_job(ctx: Context, caller: Principal, job_id: str,
+                   projection: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The job, if the caller may see it; else 404, as for a job that does not exist."""
+    doc: dict[str, Any] | None = await ctx.jobs.find_one({"_id": job_id, **caller.mine()},
+                                                         projection)
     if doc is None:
         raise NotFound(f"no job {job_id!r}", details={"jobId": job_id})
     return doc
 
 
 @router.get("/job-status/{job_id}", response_model=JobStatusResponse)
-async def job_status(job_id: str, ctx: Context) -> Any:
-    doc = await _load(ctx, job_id, {"payload": 0, "history": 0, "outbox": 0, "result": 0})
+async def job_status(job_id: str, ctx: Context, caller: Reader) -> Any:
+    doc = await load_job(ctx, caller, job_id,
+                         {"payload": 0, "history": 0, "outbox": 0, "result": 0})
     return from_doc(JobStatusResponse, doc)
 
 
 @router.get("/jobs/{job_id}", response_model=JobPublic)
-async def get_job(job_id: str, ctx: Context) -> Any:
-    return from_doc(JobPublic, await _load(ctx, job_id, {"outbox": 0}))
+async def get_job(job_id: str, ctx: Context, caller: Reader) -> Any:
+    return from_doc(JobPublic, await load_job(ctx, caller, job_id, {"outbox": 0}))
 
 
 def _encode_cursor(doc: dict[str, Any]) -> str:
@@ -139,12 +149,13 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 @router.get("/jobs", response_model=JobPage)
-async def list_jobs(ctx: Context, status: JobStatus | None = None,
+async def list_jobs(ctx: Context, caller: Reader, status: JobStatus | None = None,
                     job_type: Annotated[str | None, Query(alias="jobType", max_length=100)] = None,
                     limit: Annotated[int, Query(ge=1, le=500)] = 50,
                     cursor: Annotated[str | None, Query(max_length=512)] = None) -> JobPage:
-    """Jobs newest first, filtered by status and/or jobType, a page at a time."""
-    query: dict[str, Any] = {}
+    """Jobs newest first, filtered by status and/or jobType, a page at a time: the
+    caller's tenant's (every tenant's for an admin key)."""
+    query: dict[str, Any] = caller.mine()
     if status:
         query["status"] = status.value
     if job_type:
@@ -162,9 +173,12 @@ async def list_jobs(ctx: Context, status: JobStatus | None = None,
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=SubmitResponse)
-async def cancel_job(job_id: str, ctx: Context, response: Response) -> SubmitResponse:
+async def cancel_job(job_id: str, ctx: Context, caller: Writer, response: Response
+                     ) -> SubmitResponse:
     """QUEUED or SCHEDULED: CANCELLED at once (200). PROCESSING: the running handler is
     cancelled and the job ends CANCELLED (202). Finished: 409."""
+    # NOTE: a job's tenant never changes, so checking it once covers what follows.
+    await load_job(ctx, caller, job_id, {"_id": 1})
     now = ctx.stores.clock.now()
 
     def plan(doc: transitions.Doc) -> transitions.Transition | None:
@@ -207,8 +221,9 @@ async def _best_effort(redis_call: Awaitable[Any]) -> None:
 
 
 @router.post("/jobs/{job_id}/retry", status_code=202, response_model=SubmitResponse)
-async def retry_job(job_id: str, ctx: Context) -> SubmitResponse:
+async def retry_job(job_id: str, ctx: Context, caller: Writer) -> SubmitResponse:
     """Run a FAILED or CANCELLED job again, with a fresh set of retries."""
+    await load_job(ctx, caller, job_id, {"_id": 1})  # its tenant never changes
     now = ctx.stores.clock.now()
 
     def plan(doc: transitions.Doc) -> transitions.Transition:

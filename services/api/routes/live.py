@@ -16,7 +16,7 @@ from fastapi import APIRouter
 from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from services.api.deps import ApiContext, Context
+from services.api.deps import ApiContext, Context, Reader
 from services.api.errors import error_response
 from services.api.schemas import error_responses
 from services.api.watchers import Watch, Watchers
@@ -24,7 +24,7 @@ from shared.errors import NotFound
 from shared.events import event_type
 from shared.status import TERMINAL, JobStatus
 
-router = APIRouter(tags=["jobs"], responses=error_responses(404, 503))
+router = APIRouter(tags=["jobs"], responses=error_responses(401, 403, 404, 503))
 RETRY_AFTER_SECONDS = 5
 STATUS_FIELDS = {"status": 1, "seq": 1, "attempt": 1, "updated_at": 1}
 
@@ -60,7 +60,7 @@ class EventStream(StreamingResponse):
 
 
 @router.get("/jobs/{job_id}/events")
-async def job_events(job_id: str, ctx: Context) -> Response:
+async def job_events(job_id: str, ctx: Context, caller: Reader) -> Response:
     """The job's current status first (event ``status``), then each transition as it
     happens (event ``job.<status>``); the stream ends after a terminal status."""
     watchers = ctx.watchers
@@ -71,7 +71,7 @@ async def job_events(job_id: str, ctx: Context) -> Response:
     try:
         # NOTE: watch first, then read the status, so no event falls between the two.
         async with watchers.mongo_reads:
-            doc = await ctx.jobs.find_one({"_id": job_id}, STATUS_FIELDS)
+            doc = await ctx.jobs.find_one({"_id": job_id, **caller.mine()}, STATUS_FIELDS)
     finally:
         if doc is None:
             watchers.release(watch)
