@@ -4,6 +4,8 @@ Entries are read from the streams in batches (as many as there are free slots), 
 to PROCESSING with one bulk conditional update, run as asyncio tasks, and recorded by
 the batched :class:`OutcomeRecorder`. An entry stays pending in the consumer group until
 its outcome is stored, and a heartbeat keeps it from being reclaimed while it runs.
+Jobs of a type over its cluster-wide limits (:mod:`shared.typelimits`) are not claimed:
+their entries are handed back to wait in the delayed set.
 
 The recorder, the heartbeat and the cancel listener run in one ``asyncio.TaskGroup``
 with the claim loop: if any of them dies, the worker stops and ``run`` raises, so the
