@@ -177,11 +177,12 @@ class TypeLimiter:
 
     async def _take_rate(self, name: str, rate: Rate, group: list[Candidate]
                          ) -> tuple[set[str], dict[str, float]]:
-        """Take rate units for as many of ``group`` as fit (forced ones first, always);
-        the others wait one interval after another from when the next unit frees up."""
+        """Take rate units for as many of ``group`` as fit; the others wait one interval
+        after another from when the next unit frees up. Forced ones start whatever the
+        limiter says (their units are taken if they fit)."""
         forced = [c for c in group if c.force]
         if forced:
-            await self.rates.take(f"type:{name}", rate, cost=len(forced))  # counted
+            await self.rates.take(f"type:{name}", rate, cost=len(forced))
         others = [c for c in group if not c.force]
         if not others:
             return {c.job_id for c in forced}, {}
