@@ -34,10 +34,10 @@ def _when(moment: datetime | None) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else "-"
 
 
-def _rate(info: KeyInfo, settings: Settings) -> str:
-    if info.submit_rate:
-        return str(info.submit_rate)
-    return f"default ({settings.submit_rate_limit or 'unlimited'})"
+def _rate(info: KeyInfo) -> str:
+    """The key's own rate, or ``default``: the API's JOBQUEUE_SUBMIT_RATE_LIMIT (which
+    this command cannot know)."""
+    return str(info.submit_rate) if info.submit_rate else "default"
 
 
 async def _create(db: Db, args: argparse.Namespace, settings: Settings) -> None:
@@ -46,14 +46,14 @@ async def _create(db: Db, args: argparse.Namespace, settings: Settings) -> None:
     print(f"key id:      {info.key_id}")
     print(f"tenant:      {info.tenant}")
     print(f"scopes:      {', '.join(info.scopes)}")
-    print(f"submit rate: {_rate(info, settings)}")
+    print(f"submit rate: {_rate(info)}")
     print("the key (shown only now; send it as 'Authorization: Bearer <key>'):")
     print(key)
 
 
 async def _list(db: Db, args: argparse.Namespace, settings: Settings) -> None:
     rows = [("KEY_ID", "PREFIX", "TENANT", "SCOPES", "SUBMIT_RATE", "CREATED", "REVOKED")]
-    rows += [(k.key_id, k.prefix + "…", k.tenant, ",".join(k.scopes), _rate(k, settings),
+    rows += [(k.key_id, k.prefix + "…", k.tenant, ",".join(k.scopes), _rate(k),
               _when(k.created_at), _when(k.revoked_at)) for k in await list_keys(db)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
