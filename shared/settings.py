@@ -81,6 +81,8 @@ class Settings(BaseSettings):
     max_deliveries: int = Field(5, gt=0)
     max_result_bytes: int = Field(1024 * 1024, gt=0, le=16 * 1024 * 1024)
     process_pool_size: int = Field(2, gt=0, le=256)
+    type_limits: dict[str, TypeLimitSetting] = {}
+    """Per job type, JSON: ``{"sendEmail": {"concurrency": 5, "rate": "10/s"}}``."""
 
     # Bounded storage: finished jobs expire; histories, tracebacks and webhooks are capped.
     retention_seconds: float = Field(7 * 86400.0, ge=1, le=365 * 86400)
@@ -89,8 +91,6 @@ class Settings(BaseSettings):
     history_limit: int = Field(100, ge=64, le=10_000)
     consumer_idle_seconds: float | None = Field(None, gt=0)
     """Unset: 10 x visibility_timeout_seconds."""
-    type_limits: dict[str, TypeLimitSetting] = {}
-    """Per job type, JSON: ``{"sendEmail": {"concurrency": 5, "rate": "10/s"}}``."""
 
     # Scheduler
     promote_interval_seconds: float = Field(0.1, gt=0)
