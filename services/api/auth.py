@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,10 +191,11 @@ async def _refuse(exc: ApiError, scope: Scope, receive: Receive, send: Send) -> 
     await response(scope, receive, send)
 
 
-def require(needed: KeyScope) -> Callable[[Request], Principal]:
+def require(needed: KeyScope) -> Callable[[Request], Awaitable[Principal]]:
     """A dependency: the caller, if its key has scope ``needed`` (else 403)."""
 
-    def check(request: Request) -> Principal:
+    # NOTE: async although it never waits: FastAPI runs plain functions in a thread.
+    async def check(request: Request) -> Principal:
         principal: Principal = request.state.principal
         if needed not in principal.scopes:
             raise Forbidden(f"this API key lacks the {needed.value!r} scope",
