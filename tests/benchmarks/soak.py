@@ -13,7 +13,9 @@ receiver (delivery log). Every ``--sample-seconds`` it records the MongoDB docum
 (jobs, webhook deliveries, GridFS files and chunks), the Redis keys and memory, and each
 process's resident memory (children included), prints a row and appends it to the CSV.
 At the end it compares the last third of the run with the middle third: with retention
-working, every count stops growing once the first jobs expire.
+working, every count stops growing once the first jobs expire (``finished``: the
+finished jobs still kept; ``active``: the backlog, which grows only when the machine
+cannot run ``--rate`` jobs a second).
 """
 
 from __future__ import annotations
@@ -126,6 +128,7 @@ async def sample(settings: Settings, mongo: AsyncMongoClient[dict[str, Any]], re
         row[name] = await db[name].estimated_document_count()
     row["active"] = await db["jobs"].count_documents(
         {"status": {"$in": ["QUEUED", "PROCESSING", "SCHEDULED"]}})
+    row["finished"] = row["jobs"] - row["active"]  # what retention bounds
     row["redis_keys"] = await redis_keys(redis, settings.redis_prefix)
     memory = await redis.info("memory")
     row["redis_used_mib"] = round(memory["used_memory"] / 2**20, 1)
@@ -142,6 +145,10 @@ def level_verdict(rows: list[dict[str, Any]]) -> list[str]:
     third = len(rows) // 3
     middle, last = rows[third:2 * third], rows[2 * third:]
     lines = []
+    if max(float(r["active"]) for r in last) > 2 * max(float(r["active"]) for r in middle) + 100:
+        lines.append("NOTE: the backlog (active) grew: this machine does not run --rate jobs "
+                     "a second, so jobs and MongoDB grow with the backlog, not for want of "
+                     "retention; judge by 'finished', or lower --rate")
     for key in rows[0]:
         if key in ("t_s", "submitted", "refused"):
             continue
