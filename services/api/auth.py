@@ -9,8 +9,10 @@ guarded too); only ``/healthz`` and ``/readyz`` pass untouched. It decides:
   is unknown or revoked.
 - no key presented: 401 once any key exists. Before the first key exists (protected
   mode, after Redis's), loopback clients may do everything as the default tenant and
-  any other client gets 403 ``protected_mode``. Loopback means the socket's peer
-  address; forwarding headers (X-Forwarded-For) are never trusted.
+  any other client gets 403 ``protected_mode``. Loopback means the connection's peer
+  address (``scope["client"]``). No forwarding header is read here; uvicorn applies
+  X-Forwarded-For only to connections from 127.0.0.1, so it can make a local
+  connection count as remote, never a remote one local.
 
 What a request needs beyond that (a scope) is checked by the routes' dependencies
 (:func:`require`). Lookups are cached per process for ``JOBQUEUE_API_KEY_CACHE_SECONDS``

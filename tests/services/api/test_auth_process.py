@@ -73,6 +73,10 @@ async def test_protected_mode_on_a_real_socket(start_api: StartApi, stores: Stor
         spoofed = await remote.get("/jobs", headers={"X-Forwarded-For": "127.0.0.1"})
         assert spoofed.status_code == 403
         assert (await local.post("/jobs", json=ECHO)).status_code == 202
+        # uvicorn applies X-Forwarded-For to connections from 127.0.0.1 only (a proxy on
+        # this machine): it can make a local connection count as remote, never the reverse
+        proxied = await local.get("/jobs", headers={"X-Forwarded-For": "203.0.113.9"})
+        assert proxied.status_code == 403
         assert logged(service, "api.protected_mode")
 
         headers = await bearer(stores.mongo[settings.mongodb_database], "acme")
