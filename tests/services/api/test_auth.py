@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from services.api.app import create_app
+from services.api.auth import KeyRing
 from services.runtime import Stores
 from shared.apikeys import api_keys, create_key, hash_key, list_keys, revoke_key
 from shared.settings import Settings
@@ -167,3 +168,28 @@ async def test_bad_key_requests_are_refused(stores: Stores, settings: Settings, 
                                             scopes: tuple[Any, ...], rate: str | None) -> None:
     with pytest.raises(ValueError):
         await create_key(stores.mongo[settings.mongodb_database], tenant, scopes, rate)
+
+
+async def test_the_keyring_trusts_what_it_read_for_its_period(stores: Stores,
+                                                              settings: Settings) -> None:
+    db = stores.mongo[settings.mongodb_database]
+    now = [1000.0]
+    ring = KeyRing(api_keys(db), ttl=60, clock=lambda: now[0])
+    assert not await ring.any_key_made()
+    info, key = await create_key(db, "acme")
+    assert not await ring.any_key_made()  # read less than a period ago
+    now[0] += 60
+    assert await ring.any_key_made()
+
+    found = await ring.find(key)
+    assert found is not None and found.revoked_at is None
+    await revoke_key(db, info.key_id)
+    cached = await ring.find(key)
+    assert cached is not None and cached.revoked_at is None  # still within the period
+    now[0] += 60
+    revoked = await ring.find(key)
+    assert revoked is not None and revoked.revoked_at is not None
+    assert await ring.find("jq_unknown") is None
+
+    await api_keys(db).delete_many({})
+    assert await ring.any_key_made()  # keys are never deleted: once made, always needed
