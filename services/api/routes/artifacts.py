@@ -43,10 +43,15 @@ async def delete_job(job_id: str, ctx: Context, caller: Writer) -> Response:
     if job["status"] not in TERMINAL:
         raise Conflict(f"a {job['status']} job cannot be deleted; cancel it first",
                        code="illegal_transition", details={"status": job["status"]})
-    deleted = await ctx.jobs.delete_one({"_id": job_id, "status": {"$in": list(TERMINAL)}})
-    if not deleted.deleted_count:
+    finished = {"_id": job_id, "status": {"$in": list(TERMINAL)}}
+    # NOTE: expired first, then its children, the job last: a delete that dies half-way
+    # leaves an expired job whose leftovers the retention sweep removes with it.
+    marked = await ctx.jobs.update_one(finished, {"$set": {
+        "expires_at": ctx.stores.clock.now()}})
+    if not marked.matched_count:
         raise Conflict("the job changed while being deleted; try again",
                        code="concurrent_change")
-    await ctx.stores.artifacts.delete(job_id)
+    await ctx.stores.artifacts.delete_for_jobs([job_id])
     await ctx.stores.deliveries.delete_many({"job_id": job_id})
+    await ctx.jobs.delete_one(finished)
     return Response(status_code=204)
