@@ -8,7 +8,7 @@ from typing import Any
 
 from beanie import init_beanie
 from pymongo import AsyncMongoClient
-from pymongo.errors import ConnectionFailure, ExecutionTimeout
+from pymongo.errors import ConnectionFailure, ExecutionTimeout, OperationFailure
 from redis.asyncio import Redis
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -21,6 +21,10 @@ from shared.settings import Settings
 
 MONGO_MODELS: list[Any] = [Job, WebhookDelivery, ApiKey]
 STARTUP_WAIT_SECONDS = 120.0
+INDEX_NOT_FOUND = 27
+RETIRED_INDEXES = {"jobs": ["status_updated", "idempotency_key_unique"]}
+"""Indexes earlier versions made, dropped at start-up: each costs every write, and the
+global idempotency index would keep keys from being per tenant."""
 log = get_log(__name__)
 
 
@@ -48,6 +52,7 @@ async def open_mongo(settings: Settings, *, bounded: bool = False
         try:
             await init_beanie(database=client[settings.mongodb_database],
                               document_models=MONGO_MODELS)
+            await _drop_retired_indexes(client[settings.mongodb_database])
             return client
         except (ConnectionFailure, ExecutionTimeout, TimeoutError) as exc:
             if time.monotonic() + delay > deadline:
@@ -56,6 +61,19 @@ async def open_mongo(settings: Settings, *, bounded: bool = False
             log.warning("mongodb.not_ready", error=str(exc)[:300], retryInSeconds=delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+async def _drop_retired_indexes(db: Any) -> None:
+    for collection, names in RETIRED_INDEXES.items():
+        existing = {index["name"] async for index in await db[collection].list_indexes()}
+        for name in names:
+            if name in existing:
+                try:
+                    await db[collection].drop_index(name)
+                except OperationFailure as exc:  # another process dropped it first
+                    if exc.code != INDEX_NOT_FOUND:
+                        raise
+                log.warning("mongodb.retired_index_dropped", collection=collection, index=name)
 
 
 def open_redis(settings: Settings) -> Redis:
