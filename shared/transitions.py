@@ -37,8 +37,9 @@ DEFAULT_HISTORY_LIMIT = 100
 """Last history entries kept when the job does not say (JOBQUEUE_HISTORY_LIMIT)."""
 DEFAULT_WEBHOOK_MAX_RESULT_BYTES = 16 * 1024
 """Largest result a webhook carries by default (JOBQUEUE_WEBHOOK_MAX_RESULT_BYTES)."""
-TRACEBACK_TAIL_LINES, TRACEBACK_TAIL_CHARS = 20, 2048
-"""``error.traceback`` keeps at most its last 20 lines and 2,048 characters."""
+TRACEBACK_TAIL_LINES, TRACEBACK_TAIL_CHARS = 60, 8192
+"""``error.traceback`` keeps at most its last 60 lines and 8,192 characters: enough for a
+process handler's traceback, whose child part comes first (chained as the cause)."""
 HISTORY_TRACEBACK_LINES, HISTORY_TRACEBACK_CHARS = 5, 512
 """A history entry's error keeps at most its last 5 lines and 512 characters."""
 ERROR_MESSAGE_CHARS = 2000
