@@ -13,21 +13,13 @@ never a key. A revoke takes effect on every API process within
 from __future__ import annotations
 
 import argparse
-import asyncio
-from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any
 
-from pymongo import AsyncMongoClient
-from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import PyMongoError
-
+from services.admin_command import Db, run_subcommand
 from shared.apikeys import DEFAULT_SCOPES, KeyInfo, Scope, create_key, list_keys, revoke_key
 from shared.ratelimit import Rate
 from shared.settings import Settings
 from shared.tenants import check_tenant_name
-
-Db = AsyncDatabase[dict[str, Any]]
 
 
 def _when(moment: datetime | None) -> str:
@@ -105,28 +97,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _run(run: Callable[[Db, argparse.Namespace, Settings], Awaitable[None]],
-               args: argparse.Namespace, settings: Settings) -> None:
-    if not settings.mongodb_url:
-        raise SystemExit("JOBQUEUE_MONGODB_URL is not set: point it at the MongoDB the "
-                         "services use")
-    timeout_ms = int(settings.mongodb_timeout_seconds * 1000)
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        settings.mongodb_url, tz_aware=True, serverSelectionTimeoutMS=timeout_ms,
-        connectTimeoutMS=timeout_ms, appname="jobqueue-keys")
-    try:
-        await run(client[settings.mongodb_database], args, settings)
-    finally:
-        await client.close()
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
-    try:
-        asyncio.run(_run(args.run, args, Settings()))
-    except PyMongoError as exc:
-        raise SystemExit(f"MongoDB: {exc}") from None
+    run_subcommand(args, "jobqueue-keys")
 
 
 if __name__ == "__main__":

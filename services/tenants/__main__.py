@@ -12,15 +12,9 @@ first API key; the default tenant's secret is ``JOBQUEUE_WEBHOOK_SECRET``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Any
 
-from pymongo import AsyncMongoClient
-from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import PyMongoError
-
+from services.admin_command import Db, run_subcommand
 from shared.settings import Settings
 from shared.tenants import (
     DEFAULT_TENANT,
@@ -33,7 +27,6 @@ from shared.tenants import (
 )
 
 DEFAULT_GRACE_SECONDS = 24 * 3600
-Db = AsyncDatabase[dict[str, Any]]
 
 
 def _line(secret: SigningSecret) -> str:
@@ -90,33 +83,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _run(run: Callable[[Db, argparse.Namespace, Settings], Awaitable[None]],
-               args: argparse.Namespace, settings: Settings) -> None:
-    if not settings.mongodb_url:
-        raise SystemExit("JOBQUEUE_MONGODB_URL is not set: point it at the MongoDB the "
-                         "services use")
-    timeout_ms = int(settings.mongodb_timeout_seconds * 1000)
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        settings.mongodb_url, tz_aware=True, serverSelectionTimeoutMS=timeout_ms,
-        connectTimeoutMS=timeout_ms, appname="jobqueue-tenants")
-    try:
-        await run(client[settings.mongodb_database], args, settings)
-    finally:
-        await client.close()
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        asyncio.run(_run(args.run, args, Settings()))
+        run_subcommand(args, "jobqueue-tenants")
     except UnknownTenant as exc:
         raise SystemExit(f"no tenant {exc.args[0]!r}: a tenant is made with its first API "
                          "key (jobqueue keys create --tenant NAME)") from None
     except ValueError as exc:
         parser.error(str(exc))
-    except PyMongoError as exc:
-        raise SystemExit(f"MongoDB: {exc}") from None
 
 
 if __name__ == "__main__":
