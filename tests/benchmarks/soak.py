@@ -35,8 +35,8 @@ import httpx
 from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
-from services.dev.embedded import EmbeddedServer, start_mongodb, start_redis
 from shared.settings import Settings
+from tests.benchmarks.servers import stores_for
 from tests.receiver import receiver
 from tests.support import Service, isolated_settings, spawn
 
@@ -235,23 +235,11 @@ async def main() -> None:
     parser.add_argument("--mongodb-url")
     args = parser.parse_args()
     out = Path(tempfile.mkdtemp(prefix="jq-soak-"))
-    servers: list[EmbeddedServer] = []
-    args.server_pids = {}
-    if not args.redis_url:
-        servers.append(start_redis(out / "redis", persist=False))
-        args.redis_url = servers[-1].url
-    if not args.mongodb_url:
-        servers.append(start_mongodb(out / "mongodb"))
-        args.mongodb_url = servers[-1].url
-    args.server_pids = {s.name: s.process.pid for s in servers}
-    print(f"soak: {args.rate:g} jobs/s for {args.minutes:g} min, retention "
-          f"{args.retention:g} s, {args.workers} workers; output under {out}")
-    try:
+    with stores_for(args, out) as servers:
+        args.server_pids = {s.name: s.process.pid for s in servers}
+        print(f"soak: {args.rate:g} jobs/s for {args.minutes:g} min, retention "
+              f"{args.retention:g} s, {args.workers} workers; output under {out}")
         await soak(args, out)
-    finally:
-        for server in servers:
-            server.stop()
-
 
 if __name__ == "__main__":
     asyncio.run(main())

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 from pymongo import AsyncMongoClient
 
-from services.dev.embedded import EmbeddedServer, start_mongodb, start_redis
+from tests.benchmarks.servers import stores_for
 from tests.support import isolated_settings, spawn
 
 
@@ -77,14 +77,7 @@ async def main() -> None:
     parser.add_argument("--mongodb-url")
     args = parser.parse_args()
     out = Path(tempfile.mkdtemp(prefix="jq-bench-"))
-    servers: list[EmbeddedServer] = []
-    if not args.redis_url:
-        servers.append(start_redis(out / "redis", persist=False))
-        args.redis_url = servers[-1].url
-    if not args.mongodb_url:
-        servers.append(start_mongodb(out / "mongodb"))
-        args.mongodb_url = servers[-1].url
-    try:
+    with stores_for(args, out):
         settings = isolated_settings(args.redis_url, args.mongodb_url, out / "logs",
                                      log_level="WARNING")
         api = spawn("api", settings, out)
@@ -97,10 +90,6 @@ async def main() -> None:
         for workers in (1, 2):
             rate = await measure_drain(args, args.redis_url, args.mongodb_url, out, workers)
             print(f"drain with {workers} worker process(es): {rate:8.0f} jobs/s")
-    finally:
-        for server in servers:
-            server.stop()
-
 
 if __name__ == "__main__":
     asyncio.run(main())

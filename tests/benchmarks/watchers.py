@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from services.dev.embedded import EmbeddedServer, start_mongodb, start_redis
+from tests.benchmarks.servers import stores_for
 from tests.support import isolated_settings, spawn
 
 SUBMITS = 1000
@@ -162,17 +162,8 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
-        started: list[EmbeddedServer] = []
-        try:
-            redis_url = args.redis_url
-            if not redis_url:
-                started.append(start_redis(base / "redis", persist=False))
-                redis_url = started[-1].url
-            mongodb_url = args.mongodb_url
-            if not mongodb_url:
-                started.append(start_mongodb(base / "mongodb"))
-                mongodb_url = started[-1].url
-            settings = isolated_settings(redis_url, mongodb_url, base / "logs",
+        with stores_for(args, base):
+            settings = isolated_settings(args.redis_url, args.mongodb_url, base / "logs",
                                          sse_max_clients=args.watchers)
             api = spawn("api", settings, base / "out")
             assert api.url
@@ -180,9 +171,6 @@ def main() -> None:
                 asyncio.run(measure(api.url, api.process.pid, args.watchers, args.jobs))
             finally:
                 api.stop()
-        finally:
-            for server in started:
-                server.stop()
 
 
 if __name__ == "__main__":
