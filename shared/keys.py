@@ -106,3 +106,15 @@ def type_slots_key(prefix: str, job_type: str) -> str:
     (see shared.typelimits). One hash tag for all types: one script call admits a batch
     of several types."""
     return f"{prefix}:{{typelimits}}:running:{job_type}"
+
+
+def type_reserved_key(prefix: str, job_type: str) -> str:
+    """Sorted set of the held-back jobs of one limited job type woken for a freed slot,
+    which is theirs when they come back, scored by when that runs out."""
+    return f"{prefix}:{{typelimits}}:reserved:{job_type}"
+
+
+def type_waiting_key(prefix: str, job_type: str) -> str:
+    """Sorted set of the delayed-set members of one job type's jobs held back by its
+    full concurrency cap, scored by their place in line (when they became ready)."""
+    return f"{prefix}:{{typelimits}}:waiting:{job_type}"

@@ -12,7 +12,7 @@ jobs Redis has lost (no entry, or an entry that is no longer in its stream).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
@@ -389,3 +389,18 @@ class RedisQueue:
         for stream in streams:
             await script(keys=[stream], args=[CONSUMER_GROUP, idle_ms], client=pipe)
         return sum(int(n) for n in await pipe.execute())
+
+    # -- per-type limits ------------------------------------------------------------------
+
+    async def wake(self, members: Mapping[str, float]) -> list[str]:
+        """Make these delayed-set members due now, each with its score (a time already
+        past: its place in line, so woken jobs are promoted in that order); return those
+        woken. A member no longer there (promoted, or its job cancelled or deleted) is
+        skipped, not added."""
+        if not members:
+            return []
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zmscore(self.keys.scheduled, list(members))
+        pipe.zadd(self.keys.scheduled, dict(members), xx=True)
+        present, _ = await pipe.execute()
+        return [m for m, score in zip(members, present, strict=True) if score is not None]

@@ -41,12 +41,18 @@ from shared.logs import bound, get_log
 from shared.models import ErrorInfo
 from shared.outbound import outbound_client
 from shared.procpool import ProcessPool
-from shared.queue import Delivery, Enqueue, RedisQueue, Settle
+from shared.queue import Delivery, Enqueue, RedisQueue, Settle, scheduled_member
 from shared.settings import Settings
 from shared.status import PRIORITIES_IN_READ_ORDER, JobStatus
 from shared.supervise import cancel_and_wait
 from shared.tracebacks import format_traceback
-from shared.typelimits import Candidate, TypeLimiter, effective_limits, unknown_types
+from shared.typelimits import (
+    RESERVE_SECONDS,
+    Candidate,
+    TypeLimiter,
+    effective_limits,
+    unknown_types,
+)
 
 log = get_log(__name__)
 TRACEBACK_TAIL_CHARS = 4000
@@ -127,9 +133,11 @@ class Worker:
         self.recorder = OutcomeRecorder(self.jobs, self.queue)
         # NOTE: a slot's lease is the visibility timeout: a dead worker's runs free their
         # slots about when their entries are reclaimed, never before.
-        self.limits = TypeLimiter(self.queue.redis, self.queue.keys.prefix,
-                                  effective_limits(self.registry, self.settings.type_limits),
-                                  self.settings.visibility_timeout_seconds)
+        self.limits = TypeLimiter(
+            self.queue.redis, self.queue.keys.prefix,
+            effective_limits(self.registry, self.settings.type_limits),
+            self.settings.visibility_timeout_seconds, self.queue.wake,
+            max(RESERVE_SECONDS, 3 * self.settings.promote_interval_seconds))
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -268,8 +276,12 @@ class Worker:
         verdicts = [(d, docs.get(d.job_id), judge(docs.get(d.job_id), d,
                                                   d.job_id in self.running)) for d in batch]
         # Runs of limited types start only if the type's cluster-wide limits admit them;
-        # the others are handed back to wait, unclaimed (see _hold_back).
-        starting = [Candidate(d.job_id, doc["job_type"], force=verdict is Verdict.OURS)
+        # the others are handed back to wait, unclaimed (see _hold_back), in line by when
+        # they became ready (a takeover waits here instead, see parked).
+        starting = [Candidate(d.job_id, doc["job_type"], force=verdict is Verdict.OURS,
+                              member=None if verdict is Verdict.TAKEOVER
+                              else scheduled_member(d.job_id, d.priority, d.tenant),
+                              place=to_ms(doc["updated_at"]))
                     for d, doc, verdict in verdicts
                     if doc is not None and verdict in STARTS
                     and self.limits.limited(doc["job_type"])]
@@ -319,22 +331,37 @@ class Worker:
             else:
                 skipped.append(Settle(d))  # cancelled here, or the job moved on
         await self._release_quietly([s for s in slots if s[1] not in self.running])
-        await self._hold_back(held)
+        await self._hold_back(held, admission.sleeping)
         await self.queue.settle(skipped, [t.event.to_json() for t in applied])
 
-    async def _hold_back(self, held: list[tuple[Delivery, float]]) -> None:
+    async def _hold_back(self, held: list[tuple[Delivery, float]],
+                         sleeping: list[Candidate]) -> None:
         """Hand back entries whose job type is over its limits: each job waits, QUEUED
         and unclaimed, in the delayed set until it may be tried again (no slot, retry or
-        history entry used). If Redis fails, the entries not yet handed back stay ours,
-        in the backlog."""
+        history entry used). Those held by a full cap then join their type's line, to be
+        woken when a slot frees (their time in the delayed set is only a safety net). If
+        Redis fails, the entries not yet handed back stay ours, in the backlog."""
         now_ms = to_ms(self.clock.now())
-        for i, (d, wait) in enumerate(held):
-            try:
-                await self.queue.defer(d, now_ms + max(1, round(wait * 1000)))
-            except BaseException:
-                self.backlog.extend(d for d, _ in held[i:])
-                raise
-            log.debug("job.held_back", jobId=d.job_id, waitSeconds=round(wait, 3))
+        deferred: set[str] = set()
+        try:
+            for i, (d, wait) in enumerate(held):
+                try:
+                    await self.queue.defer(d, now_ms + max(1, round(wait * 1000)))
+                except BaseException:
+                    self.backlog.extend(d for d, _ in held[i:])
+                    raise
+                deferred.add(d.job_id)
+                log.debug("job.held_back", jobId=d.job_id, waitSeconds=round(wait, 3))
+        finally:
+            # NOTE: after the defer, so a wake always finds the member in the delayed
+            # set; a slot freed in between is found free here and wakes the line.
+            in_line = [c for c in sleeping if c.job_id in deferred]
+            if in_line:
+                try:
+                    await self.limits.wait(in_line)
+                except (RedisError, OSError) as exc:
+                    log.warning("worker.type_line_join_failed",
+                                jobIds=[c.job_id for c in in_line], error=str(exc))
 
     async def _release_quietly(self, slots: list[tuple[str, str]]) -> None:
         """Free concurrency slots; if Redis does not answer, their leases run out."""

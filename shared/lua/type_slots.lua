@@ -1,56 +1,135 @@
--- Concurrency slots of limited job types: one sorted set per type holds the ids of its
--- running jobs, scored by the time (ms, Redis time) their lease runs out.
--- KEYS    one sorted set per job type
--- ARGV[1] "acquire" or "refresh"   ARGV[2] lease (ms)
--- acquire: then per key: its limit, the number of candidates C, then C times: job id,
---          force (1: already running, counted but never refused). Expired members
---          (their worker died) go first; a job already holding a slot keeps it.
---          Returns the ids admitted.
--- refresh: then per key: the number of jobs C, then C job ids; extends the leases of
---          those still holding a slot (a released slot is not taken again).
---          Returns the number of leases extended.
+-- Concurrency slots of limited job types. Per type, three sorted sets (KEYS in triples):
+--   running   the ids of its running jobs, scored by the time (ms, Redis time) their
+--             lease runs out;
+--   reserved  the ids of held-back jobs just woken for a freed slot, scored by when the
+--             reservation runs out: the slot is theirs when they come back;
+--   waiting   the delayed-set members of the held-back jobs that sleep until a slot
+--             frees, scored by their place in line (first come, first woken).
+-- A type's slots in use are its running plus its reserved jobs. Expired members of both
+-- (their worker died, or a woken job never came back) are dropped before anything else.
+-- ARGV[1] op   ARGV[2] lease (ms)   ARGV[3] reservation (ms)   then per triple:
+-- acquire:   its limit, the number of candidates C, then C times: job id, force (1:
+--            already running, counted but never refused), delayed-set member ("" for
+--            none). Each candidate leaves the waiting set (one that is refused again
+--            goes back in at its old place, see wait). A job holding a slot or a
+--            reservation keeps it; the others take free slots once the waiting jobs
+--            have theirs.
+-- refresh:   the number of jobs C, then C job ids; extends the leases of those still
+--            running (a released slot is not taken again).
+-- release:   its limit, the number of jobs C, then C job ids: they free their slots.
+-- wait:      its limit, the number of members C, then C times: member, place. They join
+--            the waiting set, keeping a place they already have.
+-- unreserve: its limit, the number of jobs C, then C job ids: their reservations are
+--            dropped (the woken job is gone).
+-- Every op but refresh then fills the free slots of each type from its waiting set:
+-- each job popped gets a reservation and is returned to be woken (made due in the
+-- delayed set).
+-- Returns: acquire {admitted ids, woken, waiting counts}; refresh the number of leases
+-- extended; the others woken. woken is flat: triple index, member, place, ...
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local acquire = ARGV[1] == 'acquire'
-local lease = tonumber(ARGV[2])
-local expiry = now + lease
-local admitted = {}
+local op = ARGV[1]
+local expiry = now + tonumber(ARGV[2])
+local reserve = now + tonumber(ARGV[3])
+local admitted, woken, counts = {}, {}, {}
 local extended = 0
-local a = 3
-for k = 1, #KEYS do
-  local key = KEYS[k]
-  if acquire then
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-    local limit, n = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
-    a = a + 2
-    local running = redis.call('ZCARD', key)
-    for _ = 1, n do
-      local job, force = ARGV[a], ARGV[a + 1]
-      a = a + 2
-      if redis.call('ZSCORE', key, job) then
-        redis.call('ZADD', key, expiry, job)
-        admitted[#admitted + 1] = job
-      elseif force == '1' or running < limit then
-        redis.call('ZADD', key, expiry, job)
-        running = running + 1
-        admitted[#admitted + 1] = job
-      end
-    end
-  else
+local a = 4
+
+local function expire_when_idle(key, margin)
+  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  if last[2] then
+    redis.call('PEXPIREAT', key, math.floor(tonumber(last[2])) + margin)
+  end
+end
+
+for k = 1, #KEYS / 3 do
+  local running, reserved, waiting = KEYS[3 * k - 2], KEYS[3 * k - 1], KEYS[3 * k]
+  if op == 'refresh' then
     local n = tonumber(ARGV[a])
     a = a + 1
     for _ = 1, n do
-      extended = extended + redis.call('ZADD', key, 'XX', 'CH', expiry, ARGV[a])
+      extended = extended + redis.call('ZADD', running, 'XX', 'CH', expiry, ARGV[a])
       a = a + 1
     end
+  else
+    redis.call('ZREMRANGEBYSCORE', running, '-inf', now)
+    redis.call('ZREMRANGEBYSCORE', reserved, '-inf', now)
+    local limit, n = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+    a = a + 2
+    local ids = {}
+    if op == 'acquire' then
+      local candidates = {}
+      for i = 1, n do
+        local member, place = ARGV[a + 2], false
+        if member ~= '' then
+          place = redis.call('ZSCORE', waiting, member)
+          redis.call('ZREM', waiting, member)
+        end
+        candidates[i] = {ARGV[a], ARGV[a + 1], place}
+        a = a + 3
+      end
+      -- Waiting jobs go first: a candidate takes a free slot only if more are free than
+      -- jobs wait ahead of it (all the waiting ones, unless it has a place in line).
+      local free = limit - redis.call('ZCARD', running) - redis.call('ZCARD', reserved)
+      for _, c in ipairs(candidates) do
+        local job, force, place = c[1], c[2], c[3]
+        if redis.call('ZSCORE', running, job) then
+          redis.call('ZADD', running, expiry, job)
+          admitted[#admitted + 1] = job
+        elseif redis.call('ZREM', reserved, job) == 1 then
+          redis.call('ZADD', running, expiry, job)
+          admitted[#admitted + 1] = job
+        else
+          local ahead
+          if place then
+            ahead = redis.call('ZCOUNT', waiting, '-inf', '(' .. place)
+          else
+            ahead = redis.call('ZCARD', waiting)
+          end
+          if force == '1' or free > ahead then
+            redis.call('ZADD', running, expiry, job)
+            free = free - 1
+            admitted[#admitted + 1] = job
+          end
+        end
+      end
+    elseif op == 'wait' then
+      for _ = 1, n do
+        redis.call('ZADD', waiting, 'NX', ARGV[a + 1], ARGV[a])
+        a = a + 2
+      end
+      -- Bounded by the safety net: every waiting job comes back by then and rejoins.
+      redis.call('PEXPIRE', waiting, tonumber(ARGV[2]) + 600000)
+    else
+      for _ = 1, n do
+        ids[#ids + 1] = ARGV[a]
+        a = a + 1
+      end
+      if #ids > 0 then
+        redis.call('ZREM', op == 'release' and running or reserved, unpack(ids))
+      end
+    end
+    -- Fill the free slots from the waiting set, longest waiting first.
+    local free = limit - redis.call('ZCARD', running) - redis.call('ZCARD', reserved)
+    if free > 0 then
+      local popped = redis.call('ZPOPMIN', waiting, free)
+      for i = 1, #popped, 2 do
+        local member = popped[i]
+        redis.call('ZADD', reserved, reserve, string.match(member, '[^:]+$'))
+        woken[#woken + 1] = k
+        woken[#woken + 1] = member
+        woken[#woken + 1] = popped[i + 1]
+      end
+    end
+    counts[k] = redis.call('ZCARD', waiting)
+    expire_when_idle(reserved, 1000)
   end
-  -- The key outlives its latest lease by a little, so an idle type leaves nothing behind.
-  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-  if last[2] then
-    redis.call('PEXPIREAT', key, math.floor(tonumber(last[2])) + 1000)
-  end
+  -- The keys outlive their latest lease by a little: an idle type leaves nothing behind.
+  expire_when_idle(running, 1000)
 end
-if acquire then
-  return admitted
+if op == 'acquire' then
+  return {admitted, woken, counts}
+elseif op == 'refresh' then
+  return extended
 end
-return extended
+return woken
