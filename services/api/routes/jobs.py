@@ -65,10 +65,11 @@ async def submit_job(body: SubmitRequest, ctx: Context, caller: Writer, response
     idempotency key was seen before (by the same tenant)."""
     if idempotency_key and not body.idempotency_key:
         body.idempotency_key = idempotency_key
+    fields = await ctx.submitter.prepare(body, tenant=caller.tenant)
+    # NOTE: taken once the job is valid, and before anything is stored: an invalid
+    # request costs nothing, a refused one stores nothing.
     await ctx.submit_rate.take(caller, 1)
-    accepted = await ctx.submitter.submit(
-        await ctx.submitter.prepare(body, tenant=caller.tenant))
-    return _answer(accepted, response)
+    return _answer(await ctx.submitter.submit(fields), response)
 
 
 @router.post("/jobs/batch", status_code=202, response_model=BatchSubmitResponse,
@@ -76,8 +77,7 @@ async def submit_job(body: SubmitRequest, ctx: Context, caller: Writer, response
 async def submit_batch(body: BatchSubmitRequest, ctx: Context, caller: Writer
                        ) -> BatchSubmitResponse:
     """Accept many jobs at once; nothing is stored unless every one is valid. Each job
-    counts against the submit rate."""
-    await ctx.submit_rate.take(caller, len(body.jobs))
+    counts against the submit rate (once every one is valid)."""
     gate = asyncio.Semaphore(PREPARE_CONCURRENCY)
 
     async def prepare(i: int, request: SubmitRequest) -> dict[str, Any]:
@@ -99,6 +99,7 @@ async def submit_batch(body: BatchSubmitRequest, ctx: Context, caller: Writer
     if problems:
         raise InvalidInput("some jobs in the batch are invalid; none was stored",
                            details=problems)
+    await ctx.submit_rate.take(caller, len(fields))
     accepted = await ctx.submitter.submit_batch(fields)
     return BatchSubmitResponse(jobs=[SubmitResponse(job_id=a.job_id, status=a.status)
                                      for a in accepted])

@@ -109,3 +109,17 @@ async def test_one_budget_across_api_processes(two_apis: list[Service], stores: 
     assert codes[202] == 12  # the whole budget, and not a job more
     assert per_process[0] and per_process[1]  # both processes took from it
     assert await stores.jobs.count_documents({}) == 12
+
+
+async def test_an_invalid_request_costs_nothing(api: httpx.AsyncClient, make_key: Any,
+                                                stores: Stores) -> None:
+    headers = await make_key("acme", submit_rate="3/h")
+    bad = {"jobType": "echo", "payload": {"wrong": 1}}
+    for body, path in ((bad, "/jobs"), ({"jobs": [ECHO, bad] * 50}, "/jobs/batch")):
+        for _ in range(3):
+            r = await api.post(path, json=body, headers=headers)
+            assert r.status_code == 422, r.text
+    # the whole budget is still there, and a batch still counts as its size
+    assert (await api.post("/jobs/batch", json=batch(3), headers=headers)).status_code == 202
+    assert (await api.post("/jobs", json=ECHO, headers=headers)).status_code == 429
+    assert await stores.jobs.count_documents({}) == 3
