@@ -9,7 +9,7 @@ from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from redis.exceptions import RedisError
 
 from services.api.auth import Principal
@@ -29,7 +29,7 @@ from services.api.schemas import (
 )
 from services.api.submit import Accepted
 from shared import transitions
-from shared.errors import Conflict, InvalidInput, NotFound
+from shared.errors import ApiError, Conflict, InvalidInput, NotFound
 from shared.logs import get_log
 from shared.queue import Enqueue
 from shared.status import RETRYABLE_BY_USER, JobStatus, Priority
@@ -60,9 +60,15 @@ def _answer(accepted: Accepted, response: Response) -> SubmitResponse:
 @router.post("/jobs", status_code=202, response_model=SubmitResponse,
              responses=SUBMIT_RESPONSES)
 async def submit_job(body: SubmitRequest, ctx: Context, caller: Writer, response: Response,
-                     idempotency_key: IdempotencyKey = None) -> SubmitResponse:
+                     request: Request, idempotency_key: IdempotencyKey = None
+                     ) -> SubmitResponse:
     """Accept a job: 202 once it is stored; 200 with the original job when its
     idempotency key was seen before (by the same tenant)."""
+    if len(request.headers.getlist("idempotency-key")) > 1:
+        # NOTE: the header framework would quietly take one of them; which one the
+        # client meant is unknowable, and a wrong guess makes or hides a duplicate.
+        raise ApiError("the Idempotency-Key header was sent more than once; send it once",
+                       code="duplicate_header", details={"header": "Idempotency-Key"})
     if idempotency_key and not body.idempotency_key:
         body.idempotency_key = idempotency_key
     fields = await ctx.submitter.prepare(body, tenant=caller.tenant)
