@@ -18,6 +18,7 @@ stays false once the first key exists.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,6 +36,8 @@ from shared.tenants import check_tenant_name, ensure_tenant
 KEY_PREFIX = "jq_"
 SECRET_BYTES = 32
 SHOWN_CHARS = 10
+KEY_SHAPE = re.compile(r"jq_[A-Za-z0-9_-]{43}")
+"""What :func:`create_key` makes: the prefix, then 32 bytes in unpadded base64url."""
 """Characters of a key kept for display (``jq_`` and 7 of the secret's 43)."""
 
 
@@ -78,6 +81,11 @@ class KeyInfo:
         return cls(doc["_id"], doc["prefix"], doc["tenant"],
                    tuple(Scope(s) for s in doc["scopes"]),
                    Rate.parse(rate) if rate else None, doc["created_at"], doc.get("revoked_at"))
+
+
+def well_formed(key: str) -> bool:
+    """Could :func:`create_key` have made this? Anything else is no key, unread."""
+    return KEY_SHAPE.fullmatch(key) is not None
 
 
 def hash_key(key: str) -> str:

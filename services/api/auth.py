@@ -26,7 +26,7 @@ import ipaddress
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from fastapi import Request
 from pymongo.asynchronous.collection import AsyncCollection
@@ -43,11 +43,15 @@ from shared.ratelimit import Rate
 from shared.tenants import DEFAULT_TENANT
 
 log = get_log(__name__)
+T = TypeVar("T")
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 CACHED_KEYS = 10_000
-"""Lookups a process remembers at most (unknown keys included, so a flood of made-up
-keys costs MongoDB one read per key per cache period, and this process bounded memory)."""
+"""Known keys (revoked ones included) a process remembers at most."""
+CACHED_UNKNOWN = 10_000
+"""Unknown keys a process remembers at most, apart from the known ones: a flood of
+made-up (well-formed) keys costs MongoDB one read per key and this process bounded
+memory, and never pushes a known key out."""
 
 
 @dataclass(frozen=True)
@@ -73,31 +77,40 @@ ANONYMOUS = Principal(DEFAULT_TENANT, frozenset(KeyScope))
 
 
 class KeyRing:
-    """Finds keys by what requests present, remembering answers for ``ttl`` seconds."""
+    """Finds keys by what requests present, remembering answers for ``ttl`` seconds.
+
+    Known and unknown keys are remembered apart, each up to its own bound, so made-up
+    keys can only ever push out other made-up keys. A key of the wrong shape (see
+    :func:`shared.apikeys.well_formed`) is unknown without a read."""
 
     def __init__(self, keys: AsyncCollection[dict[str, Any]], ttl: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 max_known: int = CACHED_KEYS, max_unknown: int = CACHED_UNKNOWN) -> None:
         self._keys = keys
         self._ttl = ttl
         self._clock = clock
-        self._found: dict[str, tuple[float, KeyInfo | None]] = {}
+        # NOTE: cached by hash: bounded size, no secrets; dicts keep insertion order,
+        # so the first entry is the oldest.
+        self._known = _Cache[KeyInfo](max_known)
+        self._unknown = _Cache[None](max_unknown)
         self._any_checked_at: float | None = None
         self._any = False
 
     async def find(self, key: str) -> KeyInfo | None:
         """The key's record (revoked or not), or None when no such key was made."""
+        if not apikeys.well_formed(key):
+            return None
         now = self._clock()
-        key_hash = apikeys.hash_key(key)  # NOTE: cached by hash: bounded size, no secrets
-        cached = self._found.get(key_hash)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        key_hash = apikeys.hash_key(key)
+        if (known := self._known.get(key_hash, now)) is not None:
+            return known[0]
+        if self._unknown.get(key_hash, now) is not None:
+            return None
         info = await apikeys.find_key(self._keys, key_hash)
-        if len(self._found) >= CACHED_KEYS:
-            self._found = {k: v for k, v in self._found.items() if v[0] > now}
-            if len(self._found) >= CACHED_KEYS:
-                self._found.clear()
-        self._found[key_hash] = (now + self._ttl, info)
-        if info is not None:
+        if info is None:
+            self._unknown.put(key_hash, None, now + self._ttl, now)
+        else:
+            self._known.put(key_hash, info, now + self._ttl, now)
             self._any = True
         return info
 
@@ -109,6 +122,31 @@ class KeyRing:
             self._any = await apikeys.any_key_made(self._keys)
             self._any_checked_at = now
         return self._any
+
+
+class _Cache(Generic[T]):
+    """At most ``size`` values, each until its expiry. Every entry lives as long, so
+    the oldest (first) entry expires first: when full, it is the one that goes."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._entries: dict[str, tuple[float, T]] = {}
+
+    def get(self, key: str, now: float) -> tuple[T] | None:
+        """``(value,)`` while it has not expired, else None."""
+        entry = self._entries.get(key)
+        if entry is None or entry[0] <= now:
+            return None
+        return (entry[1],)
+
+    def put(self, key: str, value: T, until: float, now: float) -> None:
+        self._entries.pop(key, None)
+        while self._entries:
+            oldest = next(iter(self._entries))
+            if len(self._entries) < self._size and self._entries[oldest][0] > now:
+                break
+            del self._entries[oldest]
+        self._entries[key] = (until, value)
 
 
 def is_loopback(client: tuple[str, int] | None) -> bool:
@@ -179,7 +217,7 @@ class AuthGate:
                 "create a key with `jobqueue keys create --tenant NAME` and send it as "
                 "'Authorization: Bearer <key>', or set JOBQUEUE_AUTH=disabled",
                 code="protected_mode")
-        info = await keyring.find(key) if key.startswith(apikeys.KEY_PREFIX) else None
+        info = await keyring.find(key)
         if info is None or info.revoked_at is not None:
             raise Unauthorized("unknown or revoked API key")
         return Principal(info.tenant, apikeys.granted(info.scopes), info.key_id,

@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from pymongo import AsyncMongoClient
+from pymongo.errors import PyMongoError
 
 from services.api.app import create_app
 from services.api.auth import KeyRing
@@ -193,3 +196,41 @@ async def test_the_keyring_trusts_what_it_read_for_its_period(stores: Stores,
 
     await api_keys(db).delete_many({})
     assert await ring.any_key_made()  # keys are never deleted: once made, always needed
+
+
+async def test_a_flood_of_unknown_keys_never_evicts_a_known_one(stores: Stores,
+                                                                 settings: Settings) -> None:
+    db = stores.mongo[settings.mongodb_database]
+    ring = KeyRing(api_keys(db), ttl=600, max_known=5, max_unknown=5)
+    info, key = await create_key(db, "acme")
+    assert await ring.find(key) == info
+    made_up = ["jq_" + secrets.token_urlsafe(32) for _ in range(50)]
+    for unknown in made_up:
+        assert await ring.find(unknown) is None
+    # the known key is still remembered: a revoke is not seen within the period
+    await revoke_key(db, info.key_id)
+    cached = await ring.find(key)
+    assert cached is not None and cached.revoked_at is None
+    # and the unknown ones stay bounded: the latest are remembered, the oldest re-read
+    await api_keys(db).insert_one({
+        "_id": "key_late", "key_hash": hash_key(made_up[0]), "prefix": made_up[0][:10],
+        "tenant": "acme", "scopes": ["read"], "submit_rate": None,
+        "created_at": info.created_at, "revoked_at": None})
+    late = await ring.find(made_up[0])
+    assert late is not None and late.key_id == "key_late"
+
+
+@pytest.mark.parametrize("key", [
+    "jq_" + "A" * 42, "jq_" + "A" * 44, "jq_" + "A" * 42 + "=", "JQ_" + "A" * 43,
+    "jq_" + "A" * 42 + "\u00e9", "nonsense", ""])
+async def test_a_malformed_key_is_refused_without_a_read(key: str) -> None:
+    # NOTE: a real client of a MongoDB that is not there: any read would fail loudly.
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        "mongodb://127.0.0.1:9/", serverSelectionTimeoutMS=200)
+    try:
+        ring = KeyRing(client["nowhere"]["api_keys"], ttl=60)
+        assert await ring.find(key) is None
+        with pytest.raises(PyMongoError):
+            await ring.find("jq_" + secrets.token_urlsafe(32))  # well-formed: read
+    finally:
+        await client.close()
