@@ -116,5 +116,11 @@ def type_reserved_key(prefix: str, job_type: str) -> str:
 
 def type_waiting_key(prefix: str, job_type: str) -> str:
     """Sorted set of the delayed-set members of one job type's jobs held back by its
-    full concurrency cap, scored by their place in line (when they became ready)."""
+    full concurrency cap, scored by their place in line."""
     return f"{prefix}:{{typelimits}}:waiting:{job_type}"
+
+
+def type_line_tags_key(prefix: str, job_type: str) -> str:
+    """Hash: the clock of one job type's waiting line (the last place each tenant was
+    given, and under "" the place last woken), which makes the line fair."""
+    return f"{prefix}:{{typelimits}}:line:{job_type}"

@@ -393,8 +393,9 @@ class RedisQueue:
     # -- per-type limits ------------------------------------------------------------------
 
     async def wake(self, members: Mapping[str, float]) -> list[str]:
-        """Make these delayed-set members due now, each with its score (a time already
-        past: its place in line, so woken jobs are promoted in that order); return those
+        """Make these delayed-set members due now, each with its score (its place in
+        line, a small number: long past as a time, so woken jobs are promoted at once and
+        in that order); return those
         woken. A member no longer there (promoted, or its job cancelled or deleted) is
         skipped, not added."""
         if not members:

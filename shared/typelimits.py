@@ -13,15 +13,16 @@ visibility timeout), the worker's heartbeat extends the leases of its runs and a
 that ends releases its slot.
 
 A job held back by a full cap sleeps: it waits in the delayed set with a long safety-net
-time, and its member joins the type's waiting set, in line by when it became ready
-(``updated_at``: holding a job writes nothing, so a job woken and refused again keeps its
-place). A slot that frees (a run released, a lease or reservation found expired) goes to
-the longest-waiting job: popped from the line, given a reservation (the slot is kept for
-it, newcomers wait behind the line) and woken, its delayed-set member made due
-(:meth:`shared.queue.RedisQueue.wake`), so the scheduler promotes it to its lane at once.
-A backlog of a capped type thus costs one hold per job, not a hold every second, and
-starts in order. The safety net (see :func:`safety_net`) brings every held job back in
-bounded time even if no wake comes; one that comes back and is refused rejoins its place.
+time, and its member joins the type's waiting line. The line is fair across tenants:
+each tenant's jobs keep their order, and tenants take turns (a tenant's first held job
+goes ahead of another tenant's hundredth; see ``lua/type_slots.lua``). A slot that frees
+(a run released, a lease or reservation found expired) goes to the head of the line:
+popped, given a reservation (the slot is kept for it, newcomers wait behind the line)
+and woken, its delayed-set member made due (:meth:`shared.queue.RedisQueue.wake`), so
+the scheduler promotes it to its lane at once. A backlog of a capped type thus costs one
+hold per job, not a hold every second. The safety net (see :func:`safety_net`) brings
+every held job back in bounded time even if no wake comes; one that comes back and is
+refused keeps its place in line.
 
 Rate: the shared GCRA limiter (:mod:`shared.ratelimit`) named ``type:<name>``, one unit
 per job started. A rate's waits are exact: a job held for its rate is not in line.
@@ -40,10 +41,16 @@ from typing import Any, Protocol
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared.keys import type_reserved_key, type_slots_key, type_waiting_key
+from shared.keys import (
+    type_line_tags_key,
+    type_reserved_key,
+    type_slots_key,
+    type_waiting_key,
+)
 from shared.logs import get_log
 from shared.ratelimit import Rate, RateLimiter
 from shared.settings import TypeLimitSetting
+from shared.tenants import DEFAULT_TENANT
 
 log = get_log(__name__)
 
@@ -134,8 +141,8 @@ class Candidate:
     member: str | None = None
     """Its delayed-set member, where it sleeps in line if its type's cap is full. None
     for a job that cannot wait there (a takeover): it is tried again soon instead."""
-    place: float = 0.0
-    """Its place in line among its type's held-back jobs: when it became ready (ms)."""
+    tenant: str = DEFAULT_TENANT
+    """Whose job it is: the waiting line takes tenants in turn."""
 
 
 @dataclass
@@ -174,7 +181,8 @@ class TypeLimiter:
     def _keys(self, job_type: str) -> list[str]:
         return [type_slots_key(self.prefix, job_type),
                 type_reserved_key(self.prefix, job_type),
-                type_waiting_key(self.prefix, job_type)]
+                type_waiting_key(self.prefix, job_type),
+                type_line_tags_key(self.prefix, job_type)]
 
     async def _call(self, op: str, by_type: Mapping[str, Sequence[Any]]) -> Any:
         """Run one op of type_slots.lua; ``by_type`` gives each type's arguments after
@@ -251,10 +259,10 @@ class TypeLimiter:
     async def wait(self, sleeping: Iterable[Candidate]) -> None:
         """These held-back jobs are now in the delayed set: put them in line (one that
         had a place keeps it) and wake any that a slot freed meanwhile can take."""
-        by_type: dict[str, list[tuple[str, float]]] = {}
+        by_type: dict[str, list[tuple[str, str]]] = {}
         for c in sleeping:
             if c.member is not None and self.holds_slot(c.job_type):
-                by_type.setdefault(c.job_type, []).append((c.member, c.place))
+                by_type.setdefault(c.job_type, []).append((c.member, c.tenant))
         if by_type:
             await self._wake(list(by_type), await self._call("wait", by_type))
 

@@ -276,12 +276,12 @@ class Worker:
         verdicts = [(d, docs.get(d.job_id), judge(docs.get(d.job_id), d,
                                                   d.job_id in self.running)) for d in batch]
         # Runs of limited types start only if the type's cluster-wide limits admit them;
-        # the others are handed back to wait, unclaimed (see _hold_back), in line by when
-        # they became ready (a takeover waits here instead, see parked).
+        # the others are handed back to wait, unclaimed (see _hold_back), in a line fair
+        # across tenants (a takeover waits here instead, see parked).
         starting = [Candidate(d.job_id, doc["job_type"], force=verdict is Verdict.OURS,
                               member=None if verdict is Verdict.TAKEOVER
                               else scheduled_member(d.job_id, d.priority, d.tenant),
-                              place=to_ms(doc["updated_at"]))
+                              tenant=d.tenant)
                     for d, doc, verdict in verdicts
                     if doc is not None and verdict in STARTS
                     and self.limits.limited(doc["job_type"])]

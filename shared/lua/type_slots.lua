@@ -1,23 +1,29 @@
--- Concurrency slots of limited job types. Per type, three sorted sets (KEYS in triples):
+-- Concurrency slots of limited job types. Per type, three sorted sets and a hash (KEYS
+-- in fours):
 --   running   the ids of its running jobs, scored by the time (ms, Redis time) their
 --             lease runs out;
 --   reserved  the ids of held-back jobs just woken for a freed slot, scored by when the
 --             reservation runs out: the slot is theirs when they come back;
 --   waiting   the delayed-set members of the held-back jobs that sleep until a slot
---             frees, scored by their place in line (first come, first woken).
+--             frees, scored by their place in line;
+--   tags      the line's clock: per tenant the last place it was given, and under ""
+--             the place last woken.
+-- Places are fair across tenants (start-time fair queueing): a job joining the line
+-- gets 1 + the later of its tenant's last place and the place last woken, so each
+-- tenant's jobs keep their order and one tenant's long line does not hold back another
+-- tenant's first job; tenants' jobs are woken in turn.
 -- A type's slots in use are its running plus its reserved jobs. Expired members of both
 -- (their worker died, or a woken job never came back) are dropped before anything else.
--- ARGV[1] op   ARGV[2] lease (ms)   ARGV[3] reservation (ms)   then per triple:
+-- ARGV[1] op   ARGV[2] lease (ms)   ARGV[3] reservation (ms)   then per four keys:
 -- acquire:   its limit, the number of candidates C, then C times: job id, force (1:
 --            already running, counted but never refused), delayed-set member ("" for
---            none). Each candidate leaves the waiting set (one that is refused again
---            goes back in at its old place, see wait). A job holding a slot or a
---            reservation keeps it; the others take free slots once the waiting jobs
---            have theirs.
+--            none). A candidate admitted leaves the waiting set; one refused keeps its
+--            place there. A job holding a slot or a reservation keeps it; the others
+--            take free slots once the jobs ahead of them in line have theirs.
 -- refresh:   the number of jobs C, then C job ids; extends the leases of those still
 --            running (a released slot is not taken again).
 -- release:   its limit, the number of jobs C, then C job ids: they free their slots.
--- wait:      its limit, the number of members C, then C times: member, place. They join
+-- wait:      its limit, the number of members C, then C times: member, tenant. They join
 --            the waiting set, keeping a place they already have.
 -- unreserve: its limit, the number of jobs C, then C job ids: their reservations are
 --            dropped (the woken job is gone).
@@ -25,7 +31,7 @@
 -- each job popped gets a reservation and is returned to be woken (made due in the
 -- delayed set).
 -- Returns: acquire {admitted ids, woken, waiting counts}; refresh the number of leases
--- extended; the others woken. woken is flat: triple index, member, place, ...
+-- extended; the others woken. woken is flat: key-group index, member, place, ...
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local op = ARGV[1]
@@ -42,8 +48,9 @@ local function expire_when_idle(key, margin)
   end
 end
 
-for k = 1, #KEYS / 3 do
-  local running, reserved, waiting = KEYS[3 * k - 2], KEYS[3 * k - 1], KEYS[3 * k]
+for k = 1, #KEYS / 4 do
+  local running, reserved, waiting, tags = KEYS[4 * k - 3], KEYS[4 * k - 2],
+                                           KEYS[4 * k - 1], KEYS[4 * k]
   if op == 'refresh' then
     local n = tonumber(ARGV[a])
     a = a + 1
@@ -58,27 +65,16 @@ for k = 1, #KEYS / 3 do
     a = a + 2
     local ids = {}
     if op == 'acquire' then
-      local candidates = {}
-      for i = 1, n do
-        local member, place = ARGV[a + 2], false
-        if member ~= '' then
-          place = redis.call('ZSCORE', waiting, member)
-          redis.call('ZREM', waiting, member)
-        end
-        candidates[i] = {ARGV[a], ARGV[a + 1], place}
-        a = a + 3
-      end
       -- Waiting jobs go first: a candidate takes a free slot only if more are free than
       -- jobs wait ahead of it (all the waiting ones, unless it has a place in line).
       local free = limit - redis.call('ZCARD', running) - redis.call('ZCARD', reserved)
-      for _, c in ipairs(candidates) do
-        local job, force, place = c[1], c[2], c[3]
-        if redis.call('ZSCORE', running, job) then
-          redis.call('ZADD', running, expiry, job)
-          admitted[#admitted + 1] = job
-        elseif redis.call('ZREM', reserved, job) == 1 then
-          redis.call('ZADD', running, expiry, job)
-          admitted[#admitted + 1] = job
+      for _ = 1, n do
+        local job, force, member = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+        a = a + 3
+        local place = member ~= '' and redis.call('ZSCORE', waiting, member)
+        local admit = false
+        if redis.call('ZSCORE', running, job) or redis.call('ZREM', reserved, job) == 1 then
+          admit = true
         else
           local ahead
           if place then
@@ -87,19 +83,33 @@ for k = 1, #KEYS / 3 do
             ahead = redis.call('ZCARD', waiting)
           end
           if force == '1' or free > ahead then
-            redis.call('ZADD', running, expiry, job)
             free = free - 1
-            admitted[#admitted + 1] = job
+            admit = true
           end
+        end
+        if admit then
+          redis.call('ZADD', running, expiry, job)
+          if place then
+            redis.call('ZREM', waiting, member)
+          end
+          admitted[#admitted + 1] = job
         end
       end
     elseif op == 'wait' then
+      local woken_place = tonumber(redis.call('HGET', tags, '') or '0')
       for _ = 1, n do
-        redis.call('ZADD', waiting, 'NX', ARGV[a + 1], ARGV[a])
+        local member, tenant = ARGV[a], ARGV[a + 1]
         a = a + 2
+        if not redis.call('ZSCORE', waiting, member) then
+          local place = math.max(woken_place,
+                                 tonumber(redis.call('HGET', tags, tenant) or '0')) + 1
+          redis.call('HSET', tags, tenant, place)
+          redis.call('ZADD', waiting, place, member)
+        end
       end
       -- Bounded by the safety net: every waiting job comes back by then and rejoins.
       redis.call('PEXPIRE', waiting, tonumber(ARGV[2]) + 600000)
+      redis.call('PEXPIRE', tags, tonumber(ARGV[2]) + 600000)
     else
       for _ = 1, n do
         ids[#ids + 1] = ARGV[a]
@@ -119,6 +129,9 @@ for k = 1, #KEYS / 3 do
         woken[#woken + 1] = k
         woken[#woken + 1] = member
         woken[#woken + 1] = popped[i + 1]
+      end
+      if #popped > 0 then
+        redis.call('HSET', tags, '', popped[#popped])
       end
     end
     counts[k] = redis.call('ZCARD', waiting)

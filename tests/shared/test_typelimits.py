@@ -8,6 +8,7 @@ from services.runtime import Stores
 from shared.keys import type_reserved_key, type_slots_key, type_waiting_key
 from shared.queue import Enqueue, scheduled_member
 from shared.ratelimit import Rate
+from shared.tenants import DEFAULT_TENANT
 from shared.typelimits import (
     BUSY_WAIT_SECONDS,
     Candidate,
@@ -86,11 +87,13 @@ async def test_a_rate_refusal_gives_back_the_slot(stores: Stores) -> None:
 LATER_MS = 4_000_000_000_000  # a run time far off: only a wake makes these due
 
 
-async def sleeping(stores: Stores, job_type: str, *ids: str) -> list[Candidate]:
+async def sleeping(stores: Stores, job_type: str, *ids: str,
+                   tenant: str = DEFAULT_TENANT) -> list[Candidate]:
     """Jobs parked in the delayed set (as held-back jobs are), in line in this order."""
-    await stores.queue.enqueue([Enqueue(i, "default", run_at_ms=LATER_MS) for i in ids])
-    return [Candidate(i, job_type, member=scheduled_member(i, "default"), place=1000 + n)
-            for n, i in enumerate(ids)]
+    await stores.queue.enqueue([Enqueue(i, "default", run_at_ms=LATER_MS, tenant=tenant)
+                                for i in ids])
+    return [Candidate(i, job_type, member=scheduled_member(i, "default", tenant),
+                      tenant=tenant) for i in ids]
 
 
 async def line(limits: TypeLimiter, job_type: str) -> list[str]:
@@ -125,16 +128,15 @@ async def test_held_jobs_wait_in_line_and_a_freed_slot_wakes_the_first(stores: S
     # kept for it: a newcomer waits behind the line.
     assert await line(limits, "capped") == ["d", "e"]
     assert await reserved(limits, "capped") == {"c"}
-    assert await run_at(stores, "c") == 1000 and await run_at(stores, "d") == LATER_MS
+    assert await run_at(stores, "c") == 1 and await run_at(stores, "d") == LATER_MS
     assert not (await limits.admit(jobs("capped", "newcomer"))).admitted
     assert (await limits.admit(held[:1])).admitted == {"c"}
     assert await reserved(limits, "capped") == set()
 
     # A job back early (its safety net) and refused again keeps its place in line.
-    # (Its place is when it became ready, which holding it does not change.)
     again = await limits.admit(held[1:2])
     assert not again.admitted and again.sleeping == held[1:2]
-    assert await line(limits, "capped") == ["e"]
+    assert await line(limits, "capped") == ["d", "e"]
     await limits.wait(again.sleeping)
     assert await line(limits, "capped") == ["d", "e"]
 
@@ -160,7 +162,7 @@ async def test_a_slot_found_expired_wakes_the_line(stores: Stores) -> None:
         return not refused.admitted and await reserved(limits, "capped") == {"w"}
 
     await wait_until(woken, 10, "the expired slot to go to the line")
-    assert await run_at(stores, "w") == 1000
+    assert await run_at(stores, "w") == 1
 
 
 async def test_waking_a_gone_job_is_harmless(stores: Stores) -> None:
@@ -180,7 +182,7 @@ async def test_waking_a_gone_job_is_harmless(stores: Stores) -> None:
     await limits.release([("capped", "a")])
     assert await reserved(limits, "capped") == {"cancelled"}
     assert await line(limits, "capped") == ["next"]
-    assert await run_at(stores, "cancelled") == 1001
+    assert await run_at(stores, "cancelled") == 2
 
     # The cancelled job never comes: its reservation runs out and the next is woken.
     async def next_woken() -> bool:
@@ -190,3 +192,23 @@ async def test_waking_a_gone_job_is_harmless(stores: Stores) -> None:
     await wait_until(next_woken, 10, "the reservation to run out")
     assert await line(limits, "capped") == []
     assert (await limits.admit(held[2:])).admitted == {"next"}
+
+
+async def test_the_line_takes_tenants_in_turn(stores: Stores) -> None:
+    """One tenant's long line does not hold back another's jobs: each tenant's jobs keep
+    their order, and tenants are woken in turn."""
+    limits = limiter(stores, capped=TypeLimit(concurrency=1))
+    assert (await limits.admit(jobs("capped", "running"))).admitted == {"running"}
+    bob = await sleeping(stores, "capped", *[f"b{i}" for i in range(10)], tenant="bob")
+    await limits.wait((await limits.admit(bob)).sleeping)
+    running = "running"
+    for i in range(3):  # bob's first three run one after another
+        await limits.release([("capped", running)])
+        assert await reserved(limits, "capped") == {f"b{i}"}
+        assert (await limits.admit(bob[i:i + 1])).admitted == {f"b{i}"}
+        running = f"b{i}"
+    alice = await sleeping(stores, "capped", "a0", "a1", tenant="alice")
+    await limits.wait((await limits.admit(alice)).sleeping)
+    order = await line(limits, "capped")
+    assert order[:4] == ["a0", "b3", "a1", "b4"], order  # in turn, each in its order
+    assert order[4:] == [f"b{i}" for i in range(5, 10)]

@@ -268,6 +268,38 @@ async def test_held_jobs_start_in_the_order_they_were_submitted(
     await assert_no_line_left(stores, "capped")
 
 
+async def test_one_tenants_capped_backlog_does_not_hold_back_another_tenant(
+        api: httpx.AsyncClient, stores: Stores, scheduler: Scheduler, background: Any,
+        make_key: Any, tmp_path: Path) -> None:
+    """The line of a capped type takes tenants in turn: alice's one job waits about one
+    turn, not behind bob's whole backlog."""
+    bob, alice = await make_key("bob"), await make_key("alice")
+    path = tmp_path / "runs"
+    background(concurrency=4)
+    r = await api.post("/jobs/batch", headers=bob, json={"jobs": [
+        {"jobType": "capped", "payload": {"path": str(path), "seconds": 0.2}}
+        for _ in range(30)]})
+    assert r.status_code == 202, r.text
+    backlog = [j["jobId"] for j in r.json()["jobs"]]
+    waiting = type_waiting_key(stores.queue.keys.prefix, "capped")
+
+    async def bob_in_line() -> bool:
+        return await stores.redis.zcard(waiting) >= 20
+
+    await wait_until(bob_in_line, 60, "bob's backlog to wait in line", 0.01)
+    started_before = sum(1 for kind, *_ in runs(path) if kind == "start")
+    r = await api.post("/jobs", headers=alice, json={
+        "jobType": "capped", "payload": {"path": str(path), "seconds": 0.2}})
+    assert r.status_code == 202, r.text
+    mine = r.json()["jobId"]
+    assert_ran_once(await wait_finished(stores.jobs, [*backlog, mine], 180))
+    starts = [job for kind, job, _, _ in runs(path) if kind == "start"]
+    # Ahead of her at most: what had started, the two slots' woken jobs, and bob's head
+    # of line (tenants take turns). Behind bob's backlog she would start last.
+    assert starts.index(mine) <= started_before + 3, (starts.index(mine), started_before)
+    await assert_no_line_left(stores, "capped")
+
+
 async def test_held_jobs_complete_after_a_worker_died_holding_the_slots(
         api: httpx.AsyncClient, stores: Stores, scheduler: Scheduler, workers: Any,
         background: Any, tmp_path: Path) -> None:
