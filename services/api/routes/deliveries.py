@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from services.api.deps import Context, Reader, Writer
 from services.api.routes.jobs import load_job
 from services.api.schemas import DeliveryLog, DeliveryPublic, error_responses
-from shared.errors import NotFound
+from shared.errors import Conflict, NotFound
 from shared.events import Event
 from shared.transitions import outbox_entry
 
@@ -28,18 +28,35 @@ async def list_deliveries(job_id: str, ctx: Context, caller: Reader) -> Delivery
 @router.post("/jobs/{job_id}/deliveries/{event_id}/redeliver", status_code=202)
 async def redeliver(job_id: str, event_id: str, ctx: Context, caller: Writer
                     ) -> dict[str, str]:
-    """Queue an event for delivery again (same webhook-id, fresh attempts); this also
-    re-enables a callback that answered 410 Gone."""
-    await load_job(ctx, caller, job_id, {"_id": 1})  # its tenant never changes
+    """Send an event again now (same webhook-id, fresh attempts), ahead of the events
+    waiting in the job's outbox; this also re-enables a callback that answered 410 Gone.
+
+    An event already waiting is not added again (``status: already_queued``): it is made
+    due now, and sent once the events ahead of it are. A job past its retention is not
+    kept alive by its events (409 ``expired``)."""
+    job = await load_job(ctx, caller, job_id, {"expires_at": 1})  # its tenant never changes
+    now = ctx.stores.clock.now()
+    if job.get("expires_at") is not None and job["expires_at"] <= now:
+        raise Conflict(f"job {job_id!r} is past its retention and about to be deleted; "
+                       "its events are not sent again", code="expired",
+                       details={"jobId": job_id, "expiresAt": job["expires_at"].isoformat()})
     record = await ctx.stores.deliveries.find_one({"job_id": job_id, "event_id": event_id})
     if record is None:
         raise NotFound(f"no delivery of event {event_id!r} for job {job_id!r}",
                        details={"jobId": job_id, "eventId": event_id})
     event = Event.model_validate(record["event"])
-    now = ctx.stores.clock.now()
     entry = {**outbox_entry(event), "next_at": now}
-    await ctx.jobs.update_one({"_id": job_id}, {
-        "$push": {"outbox": entry}, "$set": {"callback_gone": False},
-        "$min": {"outbox_due_at": now}})
+    # NOTE: one conditional update: an event is in the outbox at most once, however
+    # often it is asked for. It goes first: the notifier sends the outbox's head, and a
+    # failing event ahead of it would hold it back for that event's whole backoff.
+    added = await ctx.jobs.update_one({"_id": job_id, "outbox.id": {"$ne": event_id}}, {
+        "$push": {"outbox": {"$each": [entry], "$position": 0}},
+        "$set": {"callback_gone": False}, "$min": {"outbox_due_at": now}})
+    status = "queued"
+    if not added.matched_count:
+        status = "already_queued"
+        await ctx.jobs.update_one({"_id": job_id, "outbox.id": event_id}, {
+            "$set": {"outbox.$.next_at": now, "callback_gone": False},
+            "$min": {"outbox_due_at": now}})
     await ctx.stores.queue.publish([event.to_json()])
-    return {"jobId": job_id, "eventId": event_id, "status": "queued"}
+    return {"jobId": job_id, "eventId": event_id, "status": status}
