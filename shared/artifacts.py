@@ -1,19 +1,38 @@
 """Files that jobs produce, stored in MongoDB GridFS (bucket ``artifacts``), named by job
-and file name, served by the API and deleted with their job."""
+and file name, served by the API and deleted with their job.
+
+A file's id is ``"<job id>/<random hex>"`` (job ids never contain ``/``), so every chunk
+names its job even before, or without, its files record: an upload killed after its
+chunks were written, before the record that lists them, leaves chunks that are still
+found (a range of ``files_id``, through GridFS's own chunks index) and deleted with the
+job. Files stored before this scheme have ObjectId ids and are found by their records.
+"""
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 from gridfs import AsyncGridFSBucket
 from gridfs.asynchronous.grid_file import AsyncGridOut
+from pymongo import DeleteMany
 from pymongo.asynchronous.database import AsyncDatabase
 
 from shared.models import Artifact
 
 CHUNK = 1024 * 1024
 BUCKET = "artifacts"
+
+
+def new_file_id(job_id: str) -> str:
+    """A new file id for a file of this job (see the module doc)."""
+    return f"{job_id}/{uuid.uuid4().hex}"
+
+
+def file_ids_of(job_id: str) -> dict[str, str]:
+    """The range of the file ids ``new_file_id`` makes for this job ('0' follows '/')."""
+    return {"$gte": f"{job_id}/", "$lt": f"{job_id}0"}
 
 
 class ArtifactStore:
@@ -30,8 +49,8 @@ class ArtifactStore:
         """Store a file for a job (replacing one of the same name an earlier run left).
         ``data`` may be a file object: it is copied a chunk at a time."""
         await self.delete(job_id, name)
-        upload = self.bucket.open_upload_stream(
-            f"{job_id}/{name}",
+        upload = self.bucket.open_upload_stream_with_id(
+            new_file_id(job_id), f"{job_id}/{name}",
             metadata={"job_id": job_id, "name": name, "content_type": content_type})
         try:
             if isinstance(data, bytes):
@@ -61,13 +80,24 @@ class ArtifactStore:
         return len(ids)
 
     async def delete_for_jobs(self, job_ids: list[str]) -> int:
-        """Delete every file of these jobs in three round trips; return how many.
-        Chunks go first and the files that list them last, so an interrupted delete is
-        found again (by its files) and finished by the next call."""
+        """Delete every file of these jobs in three round trips; return how many files
+        had records. Chunks go first, by their jobs' id ranges (so chunks whose upload
+        died before its files record go too) and by the ids of older files' records;
+        the records last, so an interrupted delete is found again and finished by the
+        next call."""
+        if not job_ids:
+            return 0
         ids = [f["_id"] async for f in self.files.find(
             {"metadata.job_id": {"$in": job_ids}}, {"_id": 1})]
+        # NOTE: one DeleteMany per job, not one $or of ranges: each statement is planned
+        # on its own and walks the (files_id, n) index; an $or of hundreds of ranges is a
+        # collection scan on some servers (the embedded one).
+        older = [i for i in ids if not isinstance(i, str)]
+        await self.chunks.bulk_write(
+            [DeleteMany({"files_id": file_ids_of(job_id)}) for job_id in job_ids]
+            + ([DeleteMany({"files_id": {"$in": older}})] if older else []),
+            ordered=False)
         if ids:
-            await self.chunks.delete_many({"files_id": {"$in": ids}})
             await self.files.delete_many({"_id": {"$in": ids}})
         return len(ids)
 
