@@ -107,6 +107,20 @@ async def test_a_sweep_that_died_half_way_is_finished_by_the_next(
     assert await leftovers(stores, job) == {"files": 0, "chunks": 0, "deliveries": 0}
 
 
+async def test_chunks_an_upload_left_without_its_files_record_expire_with_the_job(
+        api: httpx.AsyncClient, stores: Stores, background: Any,
+        retention: Retention) -> None:
+    background()
+    job = await submit(api, "echo", {"text": "x"})
+    await wait_finished(stores.jobs, [job], 30)
+    # as if a run had been killed mid-upload: its chunks written, not the files record
+    await stores.artifacts.save(job, "partial.bin", b"p" * 600_000, "text/plain")
+    await stores.artifacts.files.delete_many({"metadata.job_id": job})
+    assert await leftovers(stores, job) == {"files": 0, "chunks": 3, "deliveries": 0}
+    await swept(retention, stores, job)
+    assert await leftovers(stores, job) == {"files": 0, "chunks": 0, "deliveries": 0}
+
+
 async def test_retention_per_submit_is_bounded(api: httpx.AsyncClient, stores: Stores,
                                                background: Any) -> None:
     for bad in (59, 365 * 86400 + 1, "soon"):
