@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     submit_batch_max: int = Field(500, gt=0)
     max_header_bytes: int = Field(64 * 1024, ge=1024)
     sse_max_clients: int = Field(1000, gt=0)
+    sse_max_clients_per_tenant: int = Field(100, gt=0)
+    """Of those, the streams one tenant's callers may hold at once (429 above)."""
     sse_keepalive_seconds: float = Field(15.0, gt=0)
 
     # Access control (services/api/auth.py, shared/apikeys.py)
@@ -111,7 +113,8 @@ class Settings(BaseSettings):
     webhook_lease_seconds: float = Field(60.0, gt=0)
     webhook_max_result_bytes: int = Field(16 * 1024, ge=0)
     webhook_secrets_refresh_seconds: float = Field(30.0, gt=0)
-    """How long the notifier uses a tenant's secrets before reading them again."""
+    """How long the notifier uses a tenant's secrets before reading them again (a
+    rotation announced in Redis by ``jobqueue tenants rotate-secret`` is read at once)."""
 
     # Built-in job types
     http_timeout_seconds: float = Field(30.0, gt=0)

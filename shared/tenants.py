@@ -14,8 +14,14 @@ are, not hashed)::
 newest first. :func:`ensure_tenant` makes a tenant with a fresh secret (with its first
 API key); :func:`rotate_secret` adds a new one and retires the others after a grace
 period, during which deliveries carry a signature by each. The default tenant's secrets
-are ``JOBQUEUE_WEBHOOK_SECRET`` and are never stored here; a tenant with no stored
-secret (say, jobs submitted before it had keys) is signed for with the default's.
+are ``JOBQUEUE_WEBHOOK_SECRET`` and are never stored here; a tenant that is not stored
+(say, jobs submitted before it had keys) is signed for with the default's, a stored one
+never (webhooks.keys).
+
+A rotation is announced in Redis (:class:`RotationNotices`: one counter per tenant that
+each rotation bumps); a notifier checks the counter before each delivery and reads the
+tenant again when it changed, so a rotation applies to every delivery that starts after
+it was announced, not only after the notifier's next periodic read.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from typing import Any
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
+from redis.asyncio import Redis
 
 DEFAULT_TENANT = "default"
 TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -59,6 +66,27 @@ class SigningSecret:
 
     def active(self, now: datetime) -> bool:
         return self.retire_at is None or self.retire_at > now
+
+
+@dataclass(frozen=True)
+class RotationNotices:
+    """Where rotations are announced: the Redis hash ``{prefix}:tenant_secrets``, one
+    counter per tenant, bumped after each rotation of its secrets is stored."""
+
+    redis: Redis
+    prefix: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.prefix}:tenant_secrets"
+
+    async def announce(self, name: str) -> None:
+        await self.redis.hincrby(self.key, name, 1)
+
+    async def count(self, name: str) -> int:
+        """How many rotations of ``name`` were announced (0 when none, or forgotten)."""
+        value: Any = await self.redis.hget(self.key, name)
+        return int(value or 0)
 
 
 def new_secret() -> str:
@@ -138,7 +166,9 @@ async def rotate_secret(db: AsyncDatabase[dict[str, Any]], name: str,
     Its current secrets keep signing for ``grace_seconds`` more (never longer than a
     previous rotation allowed), then retire; retired ones are dropped. UnknownTenant if
     the tenant is not stored; ValueError for the default tenant, whose secrets are
-    ``JOBQUEUE_WEBHOOK_SECRET`` (rotate it by listing new and old there)."""
+    ``JOBQUEUE_WEBHOOK_SECRET`` (rotate it by listing new and old there). Announce it
+    afterwards (:meth:`RotationNotices.announce`), or notifiers that have the tenant's
+    secrets cached see it only at their next refresh."""
     check_tenant_name(name)
     if name == DEFAULT_TENANT:
         raise ValueError("the default tenant signs with JOBQUEUE_WEBHOOK_SECRET: rotate it "

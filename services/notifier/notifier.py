@@ -28,9 +28,9 @@ from shared.clock import RedisClock
 from shared.logs import get_log
 from shared.settings import Settings
 from shared.supervise import cancel_and_wait
-from shared.tenants import tenants_collection
+from shared.tenants import RotationNotices, tenants_collection
 from webhooks.delivery import OutboxDeliverer
-from webhooks.keys import TenantKeys
+from webhooks.keys import NoSigningKey, TenantKeys
 from webhooks.sender import Sender, attempt_deadline
 
 log = get_log(__name__)
@@ -84,6 +84,10 @@ class Notifier:
                     break
             if earliest is not None:
                 self.due_at(earliest)
+        except NoSigningKey as exc:
+            # NOTE: never signed with another tenant's keys: the lease expires and the
+            # sweep tries again (a rotation or a repaired secret lets it through).
+            log.error("notifier.no_signing_key", jobId=job_id, tenant=exc.tenant)
         except (PyMongoError, OSError) as exc:
             log.warning("notifier.delivery_deferred", jobId=job_id, error=str(exc))
         except Exception as exc:
@@ -170,7 +174,8 @@ def make_notifier(settings: Settings, stores: Stores, client: httpx.AsyncClient,
     ``webhook_allowed_hosts``), signing with each job's tenant's secrets; ``keys`` are
     the default tenant's (``JOBQUEUE_WEBHOOK_SECRET``)."""
     tenant_keys = TenantKeys(tenants_collection(stores.jobs.database), keys,
-                             settings.webhook_secrets_refresh_seconds, stores.clock.now)
+                             settings.webhook_secrets_refresh_seconds, stores.clock.now,
+                             RotationNotices(stores.redis, settings.redis_prefix))
     sender = Sender(client, tenant_keys, attempt_deadline(settings.webhook_timeout_seconds,
                                                           settings.webhook_lease_seconds))
     deliverer = OutboxDeliverer(stores.jobs, stores.deliveries, sender, stores.clock,

@@ -5,8 +5,12 @@
     jobqueue tenants rotate-secret NAME [--grace SECONDS]
 
 ``rotate-secret`` prints the new secret alone on its last line of output; the previous
-ones keep signing for the grace period (default a day). Tenants are stored with their
-first API key; the default tenant's secret is ``JOBQUEUE_WEBHOOK_SECRET``.
+ones keep signing for the grace period (default a day; ``--grace 0`` for a leaked
+secret). It stores the rotation in MongoDB, then announces it in Redis
+(``JOBQUEUE_REDIS_URL``), so every notifier signs with the new secrets from its next
+delivery on; when Redis cannot be told it says so, and notifiers see the rotation within
+``JOBQUEUE_WEBHOOK_SECRETS_REFRESH_SECONDS``. Tenants are stored with their first API
+key; the default tenant's secret is ``JOBQUEUE_WEBHOOK_SECRET``.
 """
 
 from __future__ import annotations
@@ -14,10 +18,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
 from services.admin_command import Db, run_subcommand
 from shared.settings import Settings
 from shared.tenants import (
     DEFAULT_TENANT,
+    RotationNotices,
     SigningSecret,
     UnknownTenant,
     check_tenant_name,
@@ -42,8 +50,12 @@ async def _list(db: Db, args: argparse.Namespace, settings: Settings) -> None:
 
 async def _show(db: Db, args: argparse.Namespace, settings: Settings) -> None:
     if args.name == DEFAULT_TENANT:
+        values = (settings.webhook_secret or "").split()
+        if not values:
+            raise SystemExit("the default tenant signs with JOBQUEUE_WEBHOOK_SECRET, which "
+                             "is not set here: run this with the notifier's environment")
         print("# the default tenant signs with JOBQUEUE_WEBHOOK_SECRET", file=sys.stderr)
-        for value in (settings.webhook_secret or "").split():
+        for value in values:
             print(value)
         return
     for secret in await signing_secrets(db, args.name):
@@ -54,7 +66,29 @@ async def _rotate(db: Db, args: argparse.Namespace, settings: Settings) -> None:
     secret = await rotate_secret(db, args.name, args.grace)
     print(f"# tenant {args.name}: new signing secret; the previous ones keep signing for "
           f"{args.grace:g} s", file=sys.stderr)
+    problem = await _announce(args.name, settings)
+    if problem:
+        print(f"# WARNING: the notifiers were not told ({problem}): they sign with the new "
+              f"secret within {settings.webhook_secrets_refresh_seconds:g} s "
+              "(JOBQUEUE_WEBHOOK_SECRETS_REFRESH_SECONDS)", file=sys.stderr)
     print(secret)
+
+
+async def _announce(name: str, settings: Settings) -> str | None:
+    """Tell every notifier of the rotation (shared.tenants.RotationNotices); what went
+    wrong if it could not."""
+    if not settings.redis_url:
+        return "JOBQUEUE_REDIS_URL is not set"
+    timeout = settings.mongodb_timeout_seconds
+    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=timeout,
+                           socket_timeout=timeout)
+    try:
+        await RotationNotices(redis, settings.redis_prefix).announce(name)
+    except (RedisError, OSError) as exc:
+        return f"Redis: {exc}"
+    finally:
+        await redis.aclose()
+    return None
 
 
 def _tenant(value: str) -> str:

@@ -1,5 +1,6 @@
 """Tenants' signing secrets in MongoDB: made once however many callers race, rotated
-without losing a secret, read by the notifier through a cache (real MongoDB)."""
+without losing a secret, read by the notifier through a cache that a rotation announced
+in Redis bypasses (real MongoDB and Redis)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from services.runtime import Stores
 from shared.settings import Settings
 from shared.tenants import (
     DEFAULT_TENANT,
+    RotationNotices,
     UnknownTenant,
     ensure_tenant,
     rotate_secret,
@@ -24,7 +26,7 @@ from shared.tenants import (
 )
 from tests.faults import FaultProxy
 from tests.support import TEST_WEBHOOK_SECRET, wait_until
-from webhooks.keys import TenantKeys
+from webhooks.keys import NoSigningKey, TenantKeys
 from webhooks.signing import parse_secrets, secret_key
 
 DEFAULT_KEYS = parse_secrets(TEST_WEBHOOK_SECRET)
@@ -171,3 +173,49 @@ async def test_a_failed_refresh_keeps_the_known_keys(settings: Settings, stores:
         await wait_until(rotated, 20, "the refresh once MongoDB answers again")
     finally:
         await client.close()
+
+
+async def test_an_announced_rotation_is_read_before_the_next_refresh(
+        settings: Settings, stores: Stores) -> None:
+    db = stores.jobs.database
+    await ensure_tenant(db, "acme")
+    (old,) = await signing_secrets(db, "acme")
+    notices = RotationNotices(stores.redis, settings.redis_prefix)
+    keys = TenantKeys(tenants_collection(db), DEFAULT_KEYS, refresh_seconds=3600,
+                      notices=notices)
+    assert await keys.signing_keys("acme") == [secret_key(old.secret)]
+    new = await rotate_secret(db, "acme", 0)
+    # not announced: the cache cannot know (this is what the announcement is for)
+    assert await keys.signing_keys("acme") == [secret_key(old.secret)]
+    await notices.announce("acme")
+    assert await keys.signing_keys("acme") == [secret_key(new)]
+    assert await notices.count("acme") == 1 and await notices.count("globex") == 0
+
+
+async def test_a_stored_tenant_never_signs_with_the_default_keys(stores: Stores) -> None:
+    """All its secrets retired, or none readable: read again, and if there is still no
+    usable key, NoSigningKey (the delivery waits), never the default tenant's keys."""
+    db = stores.jobs.database
+    tenants = tenants_collection(db)
+    await ensure_tenant(db, "acme")
+    (old,) = await signing_secrets(db, "acme")
+    soon = datetime.now(UTC) + timedelta(seconds=30)
+    await tenants.update_one({"_id": "acme"}, {"$set": {"secrets.0.retire_at": soon}})
+    clock = [datetime.now(UTC)]
+    keys = TenantKeys(tenants, DEFAULT_KEYS, refresh_seconds=3600, now=lambda: clock[0])
+    assert await keys.signing_keys("acme") == [secret_key(old.secret)]
+    clock[0] += timedelta(seconds=31)
+    with pytest.raises(NoSigningKey):
+        await keys.signing_keys("acme")
+    new = await rotate_secret(db, "acme", 0)  # read again at once, not after an hour
+    assert await keys.signing_keys("acme") == [secret_key(new)]
+
+    now = datetime.now(UTC)
+    for name, stored in (("unreadable", [{"secret": "whsec_not base64!", "created_at": now,
+                                          "retire_at": None}]),
+                         ("emptied", [])):
+        await tenants.insert_one({"_id": name, "created_at": now, "version": 1,
+                                  "secrets": stored})
+        with pytest.raises(NoSigningKey):
+            await keys.signing_keys(name)
+    assert await keys.signing_keys("never-stored") == DEFAULT_KEYS
