@@ -39,7 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry = load_handler_modules(settings.handler_modules)
         stores = await open_stores(settings, bounded=True)
         watchers = Watchers(stores.redis, stores.queue.keys.events_channel,
-                            settings.sse_max_clients)
+                            settings.sse_max_clients, settings.sse_max_clients_per_tenant)
         crashed = asyncio.Event()
 
         def stop_loudly() -> None:  # a graceful shutdown by uvicorn, then exit status 70

@@ -45,6 +45,8 @@ class Watch:
     """One watcher of one job."""
 
     job_id: str
+    tenant: str = ""
+    """Whose share of the process's watchers this one uses (the caller's tenant)."""
     capacity: int = BUFFER_EVENTS
     _buffer: deque[dict[str, Any]] = field(default_factory=deque, init=False)
     _lost: bool = field(default=False, init=False)
@@ -78,11 +80,14 @@ class Watch:
 class Watchers:
     """The registry of watchers by job id, and the one subscriber that feeds them."""
 
-    def __init__(self, redis: Redis, channel: str, max_watchers: int) -> None:
+    def __init__(self, redis: Redis, channel: str, max_watchers: int,
+                 max_per_tenant: int | None = None) -> None:
         self._redis = redis
         self._channel = channel
         self.max_watchers = max_watchers
+        self.max_per_tenant = max_per_tenant or max_watchers
         self._by_job: dict[str, set[Watch]] = {}
+        self._by_tenant: dict[str, int] = {}
         self._count = 0
         self.subscribed = False
         # NOTE: watchers read MongoDB through this, so a burst of them (many streams
@@ -97,12 +102,22 @@ class Watchers:
     def jobs_watched(self) -> int:
         return len(self._by_job)
 
-    def watch(self, job_id: str) -> Watch | None:
-        """Register a watcher of ``job_id``, or None when the process has its maximum."""
-        if self._count >= self.max_watchers:
+    def of_tenant(self, tenant: str) -> int:
+        """The watchers ``tenant``'s callers hold in this process."""
+        return self._by_tenant.get(tenant, 0)
+
+    def tenant_full(self, tenant: str) -> bool:
+        """Has ``tenant`` used up its share of this process's watchers?"""
+        return self.of_tenant(tenant) >= self.max_per_tenant
+
+    def watch(self, job_id: str, tenant: str = "") -> Watch | None:
+        """Register a watcher of ``job_id`` for ``tenant``, or None when the process has
+        its maximum or the tenant its share (see :meth:`tenant_full`)."""
+        if self._count >= self.max_watchers or self.tenant_full(tenant):
             return None
-        watch = Watch(job_id)
+        watch = Watch(job_id, tenant)
         self._by_job.setdefault(job_id, set()).add(watch)
+        self._by_tenant[tenant] = self.of_tenant(tenant) + 1
         self._count += 1
         return watch
 
@@ -113,6 +128,11 @@ class Watchers:
             return
         watches.remove(watch)
         self._count -= 1
+        left = self._by_tenant[watch.tenant] - 1
+        if left:
+            self._by_tenant[watch.tenant] = left
+        else:
+            del self._by_tenant[watch.tenant]
         if not watches:
             del self._by_job[watch.job_id]
 

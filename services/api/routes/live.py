@@ -24,7 +24,7 @@ from shared.errors import NotFound
 from shared.events import event_type
 from shared.status import TERMINAL, JobStatus
 
-router = APIRouter(tags=["jobs"], responses=error_responses(401, 403, 404, 503))
+router = APIRouter(tags=["jobs"], responses=error_responses(401, 403, 404, 429, 503))
 RETRY_AFTER_SECONDS = 5
 STATUS_FIELDS = {"status": 1, "seq": 1, "attempt": 1, "updated_at": 1}
 
@@ -64,7 +64,11 @@ async def job_events(job_id: str, ctx: Context, caller: Reader) -> Response:
     """The job's current status first (event ``status``), then each transition as it
     happens (event ``job.<status>``); the stream ends after a terminal status."""
     watchers = ctx.watchers
-    watch = watchers.watch(job_id)
+    # NOTE: a tenant's own streams are checked first: one that used up its share is
+    # told so (429), whatever room the process has left for the others.
+    if watchers.tenant_full(caller.tenant):
+        return tenant_watchers_full(caller.tenant, watchers.max_per_tenant)
+    watch = watchers.watch(job_id, caller.tenant)
     if watch is None:
         return too_many_watchers(watchers.max_watchers)
     doc = None
@@ -85,6 +89,16 @@ def too_many_watchers(limit: int) -> Response:
         503, "too_many_watchers",
         f"this API process already streams to {limit} watchers; try again shortly",
         {"maxWatchers": limit})
+    response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
+
+
+def tenant_watchers_full(tenant: str, limit: int) -> Response:
+    response = error_response(
+        429, "too_many_tenant_watchers",
+        f"tenant {tenant!r} already has {limit} live-status streams open on this API "
+        "process; close one, or try again shortly", {"tenant": tenant,
+                                                     "maxWatchersPerTenant": limit})
     response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     return response
 

@@ -28,7 +28,7 @@ from services.dev.embedded import free_port, wait_for_port
 from services.runtime import Stores
 from shared import transitions
 from shared.settings import Settings
-from tests.support import ROOT, settings_env, spawn, submit, wait_until
+from tests.support import ROOT, bearer, settings_env, spawn, submit, wait_until
 
 KEEPALIVE = 0.3
 
@@ -214,6 +214,58 @@ async def test_cap_answers_503_with_retry_after(live_settings: Settings) -> None
             await stream.close()
 
 
+async def test_one_tenant_cannot_take_every_stream(live_settings: Settings,
+                                                   stores: Stores) -> None:
+    db = stores.mongo[live_settings.mongodb_database]
+    limits = {"sse_max_clients": 5, "sse_max_clients_per_tenant": 2}
+    async with serve(live_settings.model_copy(update=limits)) as s:
+        clients = {tenant: httpx.AsyncClient(base_url=s.url, timeout=30,
+                                             headers=await bearer(db, tenant))
+                   for tenant in ("bob", "alice", "carol")}
+        admin = httpx.AsyncClient(base_url=s.url, timeout=30,
+                                  headers=await bearer(db, "bob", "admin"))
+        try:
+            bob, alice, carol = clients["bob"], clients["alice"], clients["carol"]
+            bobs_job, alices_job = await scheduled_job(bob), await scheduled_job(alice)
+            streams = [await open_stream(bob, bobs_job) for _ in range(2)]
+            refused = await bob.get(f"/jobs/{bobs_job}/events")
+            assert refused.status_code == 429, refused.text
+            assert refused.headers["retry-after"] == "5"
+            assert refused.json()["error"]["code"] == "too_many_tenant_watchers"
+            assert refused.json()["error"]["details"] == {"tenant": "bob",
+                                                         "maxWatchersPerTenant": 2}
+            # an admin key of bob's tenant uses bob's share, even on alice's job
+            assert (await admin.get(f"/jobs/{alices_job}/events")).status_code == 429
+            # the other tenants still get theirs while the process has room
+            streams += [await open_stream(alice, alices_job) for _ in range(2)]
+            assert all(stream.status_code == 200 for stream in streams)
+            carols = await open_stream(carol, await scheduled_job(carol))
+            assert len(s.watchers) == 5 and s.watchers.of_tenant("bob") == 2
+            full = await carol.get(f"/jobs/{carols.job_id}/events")
+            assert full.status_code == 503  # the process's own limit
+            assert full.json()["error"]["code"] == "too_many_watchers"
+
+            # a stream whose client went away frees its place in the tenant's share
+            await streams[0].close()
+            await wait_until(lambda: _true(s.watchers.of_tenant("bob") == 1), 20,
+                             "bob's closed stream released")
+            streams[0] = await open_stream(bob, bobs_job)
+            # and so does one that ended because its job finished
+            assert (await bob.post(f"/jobs/{bobs_job}/cancel")).status_code == 200
+            for stream in streams[:2]:
+                assert await stream.closed() == ["status", "job.cancelled"]
+            await wait_until(lambda: _true(s.watchers.of_tenant("bob") == 0), 20,
+                             "bob's finished streams released")
+            again = await open_stream(bob, await scheduled_job(bob))
+            assert again.status_code == 200 and s.watchers.of_tenant("bob") == 1
+            for stream in [*streams[2:], carols, again]:
+                await stream.close()
+            await wait_until(lambda: _true(len(s.watchers) == 0), 20, "all released")
+        finally:
+            for client in [*clients.values(), admin]:
+                await client.aclose()
+
+
 async def test_unknown_or_odd_job_ids_are_404(served: Served) -> None:
     async with httpx.AsyncClient(base_url=served.url, timeout=30) as client:
         for job_id in ("job_nope", "x" * 2000, "%E2%98%83", "%00", "job_%7B%7D"):
@@ -313,7 +365,9 @@ def _raise_fd_limit(wanted: int) -> None:
 async def test_300_streams_do_no_harm_to_a_real_api_process(
         settings: Settings, tmp_path: Path) -> None:
     _raise_fd_limit(4096)
-    api = spawn("api", settings, tmp_path)
+    # NOTE: every stream here is the default tenant's: its share must let 300 through.
+    api = spawn("api", settings.model_copy(update={"sse_max_clients_per_tenant": 1000}),
+                tmp_path)
     assert api.url
     try:
         limits = httpx.Limits(max_connections=400, max_keepalive_connections=0)
