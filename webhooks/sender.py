@@ -59,7 +59,8 @@ class Sender:
 
     async def send(self, url: str, event: dict[str, Any], tenant: str = DEFAULT_TENANT
                    ) -> Attempt:
-        """POST ``event`` signed with every active key of the job's ``tenant``."""
+        """POST ``event`` signed with every active key of the job's ``tenant``
+        (webhooks.keys.NoSigningKey, and nothing sent, when a stored tenant has none)."""
         keys = await self.keys.signing_keys(tenant)
         body = json.dumps(event, separators=(",", ":")).encode()
         headers = {**signature_headers(keys, event["id"], body),
