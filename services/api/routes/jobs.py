@@ -48,6 +48,10 @@ IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", min_lengt
                                               max_length=255, pattern=IDEMPOTENCY_KEY)]
 PREPARE_CONCURRENCY = 32
 """Jobs of a batch validated at once (their callback URLs' DNS look-ups overlap)."""
+RETRY_MAX_PENDING_EVENTS = 50
+"""A job whose outbox holds this many undelivered webhook events is not retried by hand
+(409 ``outbox_full``): a cancel-and-retry loop against a failing callback would grow it
+without end."""
 
 
 def _answer(accepted: Accepted, response: Response) -> SubmitResponse:
@@ -238,6 +242,12 @@ async def retry_job(job_id: str, ctx: Context, caller: Writer) -> SubmitResponse
             raise Conflict(f"only FAILED or CANCELLED jobs can be retried; this one is "
                            f"{doc['status']}", code="illegal_transition",
                            details={"status": doc["status"]})
+        pending = len(doc.get("outbox") or [])
+        if pending >= RETRY_MAX_PENDING_EVENTS:
+            raise Conflict(f"this job still owes its callback {pending} webhook events; "
+                           "retry it once they are delivered or given up",
+                           code="outbox_full", details={"pendingEvents": pending,
+                                                        "max": RETRY_MAX_PENDING_EVENTS})
         return transitions.requeue(doc, now)
 
     doc, t = await transitions.change(ctx.jobs, job_id, plan)

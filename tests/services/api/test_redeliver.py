@@ -87,3 +87,22 @@ async def test_redeliver_is_prompt_bounded_and_ends_with_retention(
     await stores.jobs.update_one({"_id": job}, {"$set": {"expires_at": past}})
     r = await api.post(f"/jobs/{job}/deliveries/{queued}/redeliver")
     assert r.status_code == 409 and r.json()["error"]["code"] == "expired", r.text
+
+
+async def test_a_cancel_and_retry_loop_cannot_grow_the_outbox_without_end(
+        api: httpx.AsyncClient, stores: Stores) -> None:
+    # NOTE: no notifier runs, so every event stays owed to the callback.
+    r = await api.post("/jobs", json={"jobType": "echo", "payload": {"text": "hi"},
+                                      "delaySeconds": 3600,
+                                      "callbackUrl": "http://127.0.0.1:9/hook"})
+    job = r.json()["jobId"]
+    for _ in range(100):
+        assert (await api.post(f"/jobs/{job}/cancel")).status_code == 200
+        r = await api.post(f"/jobs/{job}/retry")
+        if r.status_code != 202:
+            break
+    assert r.status_code == 409, r.text
+    assert r.json()["error"]["code"] == "outbox_full"
+    doc = await stores.jobs.find_one({"_id": job}, {"outbox": 1, "status": 1})
+    assert doc is not None and doc["status"] == "CANCELLED"
+    assert len(doc["outbox"]) == r.json()["error"]["details"]["pendingEvents"] <= 51
