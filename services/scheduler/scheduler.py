@@ -16,7 +16,7 @@ from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
 
-from shared import transitions
+from shared import pages, transitions
 from shared.clock import RedisClock, to_ms
 from shared.keys import Lane
 from shared.logs import get_log
@@ -214,18 +214,11 @@ class Scheduler:
 
     async def _reconcile_page(self, status: JobStatus, before: datetime
                               ) -> list[dict[str, Any]]:
-        query: dict[str, Any] = {"status": status.value, "updated_at": {"$lt": before}}
-        cursor = self.reconcile_cursors.get(status)
-        if cursor is not None:
-            created, last_id = cursor
-            query["$or"] = [{"created_at": {"$gt": created}},
-                            {"created_at": created, "_id": {"$gt": last_id}}]
         size = self.settings.reconcile_page_size
-        # NOTE: hinted, since some servers' planners give up the index for the range.
-        page = await self.jobs.find(
-            query, {"_id": 1, "priority": 1, "tenant": 1, "run_at": 1, "claim": 1,
-                    "created_at": 1}
-        ).sort([("created_at", 1), ("_id", 1)]).hint("status_created").limit(size).to_list()
+        found = await pages.page(
+            self.jobs, {"status": status.value, "updated_at": {"$lt": before}},
+            {"_id": 1, "priority": 1, "tenant": 1, "run_at": 1, "claim": 1, "created_at": 1},
+            self.reconcile_cursors.get(status), size, newest_first=False)
         self.reconcile_cursors[status] = (
-            (page[-1]["created_at"], page[-1]["_id"]) if len(page) == size else None)
-        return page
+            (found[-1]["created_at"], found[-1]["_id"]) if len(found) == size else None)
+        return found

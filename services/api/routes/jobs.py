@@ -28,7 +28,7 @@ from services.api.schemas import (
     from_doc,
 )
 from services.api.submit import Accepted
-from shared import transitions
+from shared import pages, transitions
 from shared.errors import ApiError, Conflict, InvalidInput, NotFound
 from shared.logs import get_log
 from shared.queue import Enqueue
@@ -171,16 +171,13 @@ async def list_jobs(ctx: Context, caller: Reader, status: JobStatus | None = Non
         query["status"] = status.value
     if job_type:
         query["job_type"] = job_type
-    if cursor:
-        created, last_id = _decode_cursor(cursor)
-        query["$or"] = [{"created_at": {"$lt": created}},
-                        {"created_at": created, "_id": {"$lt": last_id}}]
-    docs = await ctx.jobs.find(query, {"payload": 0, "history": 0, "outbox": 0,
-                                       "result": 0}).sort(
-        [("created_at", -1), ("_id", -1)]).limit(limit + 1).to_list()
-    page = docs[:limit]
-    return JobPage(jobs=[from_doc(JobSummary, d) for d in page],
-                   next_cursor=_encode_cursor(page[-1]) if len(docs) > limit else None)
+    docs = await pages.page(ctx.jobs, query, {"payload": 0, "history": 0, "outbox": 0,
+                                              "result": 0},
+                            _decode_cursor(cursor) if cursor else None, limit + 1,
+                            newest_first=True)
+    shown = docs[:limit]
+    return JobPage(jobs=[from_doc(JobSummary, d) for d in shown],
+                   next_cursor=_encode_cursor(shown[-1]) if len(docs) > limit else None)
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=SubmitResponse)
