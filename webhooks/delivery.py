@@ -64,9 +64,11 @@ class OutboxDeliverer:
     async def _next(self, job_id: str, owner: str) -> tuple[bool, datetime | None]:
         """Send the oldest due event; (True, _) when there may be more to send now."""
         now = self.clock.now()
+        # NOTE: "not after now" (also when unset), not an $or of unset and <= now: some
+        # servers answer a top-level $or with a collection scan, even beside an _id.
         doc = await self.jobs.find_one_and_update(
             {"_id": job_id, "outbox_due_at": {"$lte": now},
-             "$or": [{"outbox_lease_until": None}, {"outbox_lease_until": {"$lte": now}}]},
+             "outbox_lease_until": {"$not": {"$gt": now}}},
             {"$set": {"outbox_lease_until": now + timedelta(seconds=self.lease_seconds),
                       "outbox_lease_owner": owner}},
             projection={"outbox": {"$slice": 1}, "callback_url": 1, "tenant": 1},
