@@ -75,10 +75,11 @@ async def submit_job(body: SubmitRequest, ctx: Context, caller: Writer, response
                        code="duplicate_header", details={"header": "Idempotency-Key"})
     if idempotency_key and not body.idempotency_key:
         body.idempotency_key = idempotency_key
-    fields = await ctx.submitter.prepare(body, tenant=caller.tenant)
-    # NOTE: taken once the job is valid, and before anything is stored: an invalid
-    # request costs nothing, a refused one stores nothing.
+    # NOTE: taken once the request has the right shape, before the costly checks (the
+    # job type's payload, resolving the callback's host): a key over its rate cannot
+    # make the API do that work for free, and a refused request stores nothing.
     await ctx.submit_rate.take(caller, 1)
+    fields = await ctx.submitter.prepare(body, tenant=caller.tenant)
     return _answer(await ctx.submitter.submit(fields), response)
 
 
@@ -87,7 +88,8 @@ async def submit_job(body: SubmitRequest, ctx: Context, caller: Writer, response
 async def submit_batch(body: BatchSubmitRequest, ctx: Context, caller: Writer
                        ) -> BatchSubmitResponse:
     """Accept many jobs at once; nothing is stored unless every one is valid. Each job
-    counts against the submit rate (once every one is valid)."""
+    counts against the submit rate (before the jobs are checked one by one)."""
+    await ctx.submit_rate.take(caller, len(body.jobs))
     gate = asyncio.Semaphore(PREPARE_CONCURRENCY)
 
     async def prepare(i: int, request: SubmitRequest) -> dict[str, Any]:
@@ -109,7 +111,6 @@ async def submit_batch(body: BatchSubmitRequest, ctx: Context, caller: Writer
     if problems:
         raise InvalidInput("some jobs in the batch are invalid; none was stored",
                            details=problems)
-    await ctx.submit_rate.take(caller, len(fields))
     accepted = await ctx.submitter.submit_batch(fields)
     return BatchSubmitResponse(jobs=[SubmitResponse(job_id=a.job_id, status=a.status)
                                      for a in accepted])
