@@ -340,3 +340,9 @@ class TypeLimiter:
             if self.holds_slot(name):
                 by_type.setdefault(name, []).append(job_id)
         return by_type
+
+
+async def leave_line(redis: Redis, prefix: str, job_type: str, member: str) -> None:
+    """A held-back job that will not run (it was cancelled) leaves its type's waiting
+    line, so that no freed slot is reserved for it. A no-op for a job not in line."""
+    await redis.zrem(type_waiting_key(prefix, job_type), member)

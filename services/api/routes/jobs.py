@@ -31,9 +31,10 @@ from services.api.submit import Accepted
 from shared import pages, transitions
 from shared.errors import ApiError, Conflict, InvalidInput, NotFound
 from shared.logs import get_log
-from shared.queue import Enqueue
+from shared.queue import Enqueue, scheduled_member
 from shared.status import RETRYABLE_BY_USER, JobStatus, Priority
 from shared.tenants import DEFAULT_TENANT
+from shared.typelimits import leave_line
 
 log = get_log(__name__)
 
@@ -213,9 +214,14 @@ async def cancel_job(job_id: str, ctx: Context, caller: Writer, response: Respon
     else:
         raise Conflict("the job kept changing while this request ran; try again",
                        code="concurrent_change")
-    if t.expected_status is JobStatus.SCHEDULED:
-        await _best_effort(queue.unschedule(job_id, doc["priority"],
-                                            doc.get("tenant", DEFAULT_TENANT)))
+    # A QUEUED job may be held back by its type's cap: out of the delayed set and its
+    # type's waiting line too, so that it does not hold a freed slot.
+    tenant = doc.get("tenant", DEFAULT_TENANT)
+    await _best_effort(queue.unschedule(job_id, doc["priority"], tenant))
+    if t.expected_status is JobStatus.QUEUED:
+        await _best_effort(leave_line(
+            queue.redis, queue.keys.prefix, doc["job_type"],
+            scheduled_member(job_id, doc["priority"], tenant)))
     await _best_effort(queue.publish([t.event.to_json()]))
     return SubmitResponse(job_id=job_id, status=JobStatus.CANCELLED)
 

@@ -300,6 +300,38 @@ async def test_one_tenants_capped_backlog_does_not_hold_back_another_tenant(
     await assert_no_line_left(stores, "capped")
 
 
+async def test_cancelled_held_jobs_leave_the_line(
+        api: httpx.AsyncClient, stores: Stores, scheduler: Scheduler, background: Any,
+        tmp_path: Path) -> None:
+    """Held-back jobs cancelled while they wait are not woken for a freed slot: the next
+    job starts as soon as the running ones end, not after their reservations run out."""
+    path = tmp_path / "runs"
+    background(concurrency=4)
+    long = await submit_many(api, [{"jobType": "capped", "payload": {
+        "path": str(path), "seconds": 2}} for _ in range(2)])
+    await wait_until(lambda: _started(path, 2), 60, "the long jobs to start")
+    held = await submit_many(api, [{"jobType": "capped", "payload": {
+        "path": str(path), "seconds": 0.1}} for _ in range(6)])
+    prefix = stores.queue.keys.prefix
+    waiting = type_waiting_key(prefix, "capped")
+
+    async def in_line() -> bool:
+        return await stores.redis.zcard(waiting) == len(held)
+
+    await wait_until(in_line, 30, "the held jobs to wait in line", 0.01)
+    for job in held:
+        r = await api.post(f"/jobs/{job}/cancel")
+        assert r.status_code == 200 and r.json()["status"] == "CANCELLED", r.text
+    assert await stores.redis.zcard(waiting) == 0
+    members = await stores.redis.zrange(stores.queue.keys.scheduled, 0, -1)
+    assert not [m for m in members if m.rsplit(":", 1)[-1] in held]
+    after = await submit_many(api, [{"jobType": "capped", "payload": {
+        "path": str(path), "seconds": 0.1}}])
+    await wait_finished(stores.jobs, [*long, *after], 60)
+    assert await stores.redis.zcard(type_reserved_key(prefix, "capped")) == 0
+    assert [job for kind, job, _, _ in runs(path) if kind == "start"][2:] == after
+
+
 async def test_held_jobs_complete_after_a_worker_died_holding_the_slots(
         api: httpx.AsyncClient, stores: Stores, scheduler: Scheduler, workers: Any,
         background: Any, tmp_path: Path) -> None:
