@@ -35,6 +35,7 @@ from shared.tenants import (
 )
 
 DEFAULT_GRACE_SECONDS = 24 * 3600
+MAX_GRACE_SECONDS = 365 * 24 * 3600
 
 
 def _line(secret: SigningSecret) -> str:
@@ -98,6 +99,17 @@ def _tenant(value: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _grace(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= MAX_GRACE_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"a grace period is 0 to {MAX_GRACE_SECONDS:g} seconds, not {value!r}")
+    return seconds
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jobqueue tenants",
                                      description="Tenants' webhook signing secrets.")
@@ -109,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     rotate = commands.add_parser(
         "rotate-secret", help="a new signing secret; the old ones sign on for --grace")
     rotate.add_argument("name", type=_tenant)
-    rotate.add_argument("--grace", type=float, default=DEFAULT_GRACE_SECONDS,
+    rotate.add_argument("--grace", type=_grace, default=DEFAULT_GRACE_SECONDS,
                         metavar="SECONDS",
                         help=f"how long the previous secrets keep signing "
                              f"(default {DEFAULT_GRACE_SECONDS})")

@@ -74,7 +74,11 @@ async def submit_job(body: SubmitRequest, ctx: Context, caller: Writer, response
         # client meant is unknowable, and a wrong guess makes or hides a duplicate.
         raise ApiError("the Idempotency-Key header was sent more than once; send it once",
                        code="duplicate_header", details={"header": "Idempotency-Key"})
-    if idempotency_key and not body.idempotency_key:
+    if idempotency_key and body.idempotency_key not in (None, idempotency_key):
+        raise ApiError("the Idempotency-Key header and the body's idempotencyKey differ; "
+                       "send one of them", code="conflicting_idempotency_keys",
+                       details={"header": "Idempotency-Key", "field": "idempotencyKey"})
+    if idempotency_key:
         body.idempotency_key = idempotency_key
     # NOTE: taken once the request has the right shape, before the costly checks (the
     # job type's payload, resolving the callback's host): a key over its rate cannot
