@@ -36,9 +36,9 @@ from shared.tenants import check_tenant_name, ensure_tenant
 KEY_PREFIX = "jq_"
 SECRET_BYTES = 32
 SHOWN_CHARS = 10
+"""Characters of a key kept for display (``jq_`` and 7 of the secret's 43)."""
 KEY_SHAPE = re.compile(r"jq_[A-Za-z0-9_-]{43}")
 """What :func:`create_key` makes: the prefix, then 32 bytes in unpadded base64url."""
-"""Characters of a key kept for display (``jq_`` and 7 of the secret's 43)."""
 
 
 class Scope(StrEnum):

@@ -55,7 +55,6 @@ from shared.typelimits import (
 )
 
 log = get_log(__name__)
-TRACEBACK_TAIL_CHARS = 4000
 READ_BLOCK_MS = 1000
 SUSPECT_AFTER_DELIVERIES = 2
 """An entry delivered more often than this (its job's runs died with their workers) is a
@@ -70,9 +69,10 @@ def new_worker_id() -> str:
 
 
 def error_info(exc: BaseException) -> ErrorInfo:
-    tb = format_traceback(exc)  # NOTE: served to clients: no server paths
+    """The failure as recorded; shared.transitions cuts it to its stored size."""
+    # NOTE: served to clients: no server paths
     return ErrorInfo(type=type(exc).__name__, message=str(exc) or type(exc).__name__,
-                     traceback=tb[-TRACEBACK_TAIL_CHARS:])
+                     traceback=format_traceback(exc))
 
 
 def _rank(delivery: Delivery) -> int:
